@@ -1,0 +1,79 @@
+"""DKT — Deep Knowledge Tracing (Piech et al., NeurIPS 2015).
+
+Each interaction (skill s, correct c) becomes one token `s + num_skills * c`; an LSTM reads the
+student's history, and a linear layer gives, after step t, the probability of a correct answer
+on every skill. The loss and the metrics use the probability for the skill actually asked at
+t + 1: masked BCE over all real next steps (padding never counts), AUC and accuracy over every
+such prediction of the epoch (exact, not an average of per-batch AUCs).
+
+    trainkit fit model=knowledge_tracing model.hidden_size=128 model.num_layers=2
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainkit.engine.module import TrainModule
+from trainkit.metrics import BinaryMetrics
+
+
+class DKT(TrainModule):
+    def __init__(self, num_skills: int, hidden_size: int = 64, num_layers: int = 1, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.num_skills = num_skills
+        self.embed = nn.Embedding(2 * num_skills, hidden_size)
+        self.lstm = nn.LSTM(
+            hidden_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, num_skills)
+        self.val_metrics = BinaryMetrics()
+        self.test_metrics = BinaryMetrics()
+
+    def forward(self, skills: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T-1]: entry t predicts the answer at step t+1 from steps 0..t."""
+        hidden, _ = self.lstm(self.embed(skills + self.num_skills * correct))
+        logits = self.head(self.dropout(hidden))[:, :-1]
+        return logits.gather(-1, skills[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+    def _targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = batch["mask"][:, 1:]
+        logits = self(batch["skills"], batch["correct"])[mask]
+        targets = batch["correct"][:, 1:][mask].to(logits.dtype)
+        return logits, targets, mask
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits, targets, _ = self._targets(batch)
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str, metrics: BinaryMetrics) -> None:
+        logits, targets, _ = self._targets(batch)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+        # Weighted by the number of predictions: the epoch value is the exact mean over all of them.
+        self.log(f"{prefix}/loss", loss, prog_bar=True, batch_size=targets.numel())
+        metrics.update(torch.sigmoid(logits.float()), targets)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def _log_epoch(self, prefix: str, metrics: BinaryMetrics) -> None:
+        values = metrics.compute()
+        metrics.reset()
+        self.log(f"{prefix}/auc", values["auc"], prog_bar=True)
+        self.log(f"{prefix}/acc", values["acc"], prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_metrics)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Probability of a correct answer at each next step; `mask` marks the real ones."""
+        return {"prob": torch.sigmoid(self(batch["skills"], batch["correct"]).float()), "mask": batch["mask"][:, 1:]}

@@ -1,0 +1,33 @@
+"""Shared test set-up: a private data cache, and small helpers to run the real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Small simulated datasets keep every CLI run to seconds.
+SMALL_DATA = ["datamodule.num_students=300", "datamodule.batch_size=16"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Simulated datasets go to a per-session cache, never to ~/.cache."""
+    os.environ["TRAINKIT_CACHE"] = str(tmp_path_factory.mktemp("trainkit_cache"))
+    yield
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real `trainkit` console entry, in a fresh process (stdout is not a TTY)."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainkit", *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )

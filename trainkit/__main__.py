@@ -1,0 +1,3 @@
+from trainkit.cli import entry_point
+
+entry_point()

@@ -1,0 +1,6 @@
+"""The names users pick from — one source for the torch-free config checks and the engine."""
+
+COMMANDS = ("fit", "validate", "test", "predict")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed", "bf16-true")
+STRATEGIES = ("auto", "single")
+ACCELERATORS = ("auto", "cpu", "gpu")

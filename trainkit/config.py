@@ -1,0 +1,212 @@
+"""The structured config: dataclasses registered in Hydra's ConfigStore, and the checks that
+run before any work starts.
+
+Torch-free on purpose: `trainkit --help` and `trainkit fit --cfg job` compose configs without
+importing torch. Two layers of checking:
+  * Hydra/OmegaConf, while composing: unknown keys (struct mode) and the types of the typed
+    nodes (`trainer`, `strategy`, `precision`);
+  * `check_values` (torch-free) and `check_targets` (imports each `_target_`): values in range, and
+    every key of a `model`/`datamodule`/`optimizer`/... node matched against the parameters
+    and annotations of the class or function it instantiates.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from trainkit.choices import ACCELERATORS, PRECISIONS, STRATEGIES
+from trainkit.errors import ConfigError
+
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    max_epochs: Optional[int] = None
+    max_steps: int = -1
+    # int = a number of batches, float = a fraction of the loader (as in Lightning)
+    limit_train_batches: Any = 1.0
+    limit_val_batches: Any = 1.0
+    limit_test_batches: Any = 1.0
+    limit_predict_batches: Any = 1.0
+    val_check_interval: Any = 1.0
+    check_val_every_n_epoch: int = 1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    gradient_clip_algorithm: str = "norm"
+    seed: Optional[int] = 0
+    deterministic: bool = False
+    compile: bool = False
+    log_every_n_steps: int = 50
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "auto"
+
+
+@dataclass
+class PrecisionConfig:
+    mode: str = "32"
+    init_scale: float = 65536.0  # 16-mixed: GradScaler's first loss scale
+    growth_interval: int = 2000  # 16-mixed: steps without overflow before the scale doubles
+
+
+@dataclass
+class RunConfig:
+    command: str = "fit"
+    run_dir: str = MISSING
+    ckpt_path: Optional[str] = None  # validate/test/predict: weights to load
+    model: Any = MISSING
+    datamodule: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    logger: Dict[str, Any] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="trainkit_schema", node=RunConfig)
+
+
+# -- checks --------------------------------------------------------------------------------------
+def _is_count_or_fraction(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return (isinstance(value, int) and value >= 0) or (isinstance(value, float) and 0.0 <= value <= 1.0)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Value checks that need no imports. Raises ConfigError naming the key and the fix."""
+    t = cfg.trainer
+    if t.accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={t.accelerator!r} is not one of: {', '.join(ACCELERATORS)}")
+    if cfg.strategy.name not in STRATEGIES:
+        raise ConfigError(f"strategy={cfg.strategy.name!r} is not one of: {', '.join(STRATEGIES)}")
+    if str(cfg.precision.mode) not in PRECISIONS:
+        raise ConfigError(f"precision={cfg.precision.mode!r} is not one of: {', '.join(PRECISIONS)}")
+    for key in ("devices", "num_nodes", "accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps"):
+        if t[key] < 1:
+            raise ConfigError(f"trainer.{key}={t[key]} must be >= 1")
+    if t.max_steps < -1 or t.max_steps == 0:
+        raise ConfigError(f"trainer.max_steps={t.max_steps} must be a positive number of steps, or -1 for no limit")
+    if t.max_epochs is not None and t.max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={t.max_epochs} must be >= 1 (or null)")
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+        if not _is_count_or_fraction(t[key]):
+            raise ConfigError(
+                f"trainer.{key}={t[key]!r} must be an int (a number of batches) or a float in [0, 1] (a fraction)"
+            )
+    v = t.val_check_interval
+    if not _is_count_or_fraction(v) or v == 0:
+        raise ConfigError(
+            f"trainer.val_check_interval={v!r} must be an int >= 1 (batches) or a float in (0, 1] (fraction of an epoch)"
+        )
+    if t.gradient_clip_algorithm not in ("norm", "value"):
+        raise ConfigError(f"trainer.gradient_clip_algorithm={t.gradient_clip_algorithm!r} must be 'norm' or 'value'")
+    if cfg.command != "fit" and cfg.ckpt_path is not None and not isinstance(cfg.ckpt_path, str):
+        raise ConfigError("ckpt_path must be a path to a checkpoint file")
+
+
+def target_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(dotted key, node) of every node that names a `_target_` to instantiate."""
+    nodes = []
+    for key in ("model", "datamodule", "optimizer", "scheduler"):
+        node = cfg.get(key)
+        if isinstance(node, DictConfig) and "_target_" in node:
+            nodes.append((key, node))
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                nodes.append((f"{group}.{name}", node))
+    return nodes
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Import each `_target_` and check the node's keys and value types against its signature."""
+    for key, node in target_nodes(cfg):
+        target = _import(key, node._target_)
+        _check_call(key, node, target)
+
+
+def _import(key: str, path: str) -> Any:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{key}._target_={path!r} cannot be imported ({exc}); check the name") from None
+
+
+def _check_call(key: str, node: DictConfig, target: Any) -> None:
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        sig = inspect.signature(target)
+        hints = typing.get_type_hints(fn)
+    except (TypeError, ValueError, NameError):
+        return  # builtins or unresolvable annotations: nothing to check against
+    params = sig.parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    given = [k for k in node.keys() if not str(k).startswith("_")]
+    for name in given:
+        if name not in params and not accepts_any:
+            close = difflib.get_close_matches(str(name), list(params), n=1)
+            hint = f"; did you mean {key}.{close[0]}?" if close else ""
+            raise ConfigError(
+                f"{key}.{name} is not a parameter of {node._target_}{hint} "
+                f"(valid: {', '.join(p for p in params if p not in ('self', 'args', 'kwargs'))})"
+            )
+        if name in hints:
+            value = OmegaConf.to_container(node[name], resolve=True) if isinstance(
+                node[name], (DictConfig, ListConfig)) else node[name]
+            if not _matches(value, hints[name]):
+                raise ConfigError(
+                    f"{key}.{name}={value!r} has the wrong type: expected {_type_name(hints[name])}, "
+                    f"got {type(value).__name__}"
+                )
+    partial = node.get("_partial_", False)
+    if not partial:
+        for name, p in params.items():
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in given:
+                raise ConfigError(f"{key}.{name} is required by {node._target_}: set {key}.{name}=...")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is Any or value is None and _allows_none(hint):
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (bool, str):
+        return isinstance(value, hint)
+    return True  # a type we cannot check from YAML values (tensors, callables, ...)
+
+
+def _allows_none(hint: Any) -> bool:
+    return hint is type(None) or type(None) in typing.get_args(hint)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -1,0 +1,77 @@
+"""What `TrainModule.log()` records, kept as device tensors until someone reads it.
+
+Step values are the latest logged tensor; epoch values are a running (sum, weight) pair. Floats
+are made only when a logger, the progress bar or a callback asks — at most every
+`log_every_n_steps` — so logging never forces a device sync inside the step.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class MetricStore:
+    def __init__(self) -> None:
+        self.training = True  # the Trainer flips this: it decides the on_step/on_epoch defaults
+        self.step_values: dict[str, torch.Tensor] = {}
+        # Training and evaluation keep separate epoch sums: a validation inside a training
+        # epoch must not flush (or mix into) the training epoch's means.
+        self._epoch_sums: dict[bool, dict[str, tuple[torch.Tensor, float]]] = {True: {}, False: {}}
+        self.prog_bar: set[str] = set()
+        # Latest float of every metric, for callbacks (checkpoint monitor, early stopping) and
+        # for the final report.
+        self.callback_metrics: dict[str, float] = {}
+
+    def log(
+        self,
+        name: str,
+        value: torch.Tensor | float,
+        *,
+        prog_bar: bool = False,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        if not isinstance(value, torch.Tensor):
+            value = torch.tensor(float(value))
+        value = value.detach()
+        if value.numel() != 1:
+            raise ValueError(f"self.log({name!r}, ...) needs a scalar, got a tensor of shape {tuple(value.shape)}")
+        if on_step is None:
+            on_step = self.training
+        if on_epoch is None:
+            on_epoch = not self.training
+        if prog_bar:
+            self.prog_bar.add(name)
+        if on_step:
+            self.step_values[name] = value
+        if on_epoch:
+            weight = float(batch_size or 1)
+            sums = self._epoch_sums[self.training]
+            total, count = sums.get(name, (0.0, 0.0))
+            sums[name] = (total + value.double() * weight, count + weight)
+
+    def read_step(self) -> dict[str, float]:
+        """Floats of the step values logged since the last read (syncs the device once)."""
+        values = {name: float(v) for name, v in self.step_values.items()}
+        self.step_values.clear()
+        self.callback_metrics.update(values)
+        return values
+
+    def read_epoch(self) -> dict[str, float]:
+        """Epoch means of what the current mode (training or evaluation) logged with on_epoch
+        since the last read; resets them."""
+        sums = self._epoch_sums[self.training]
+        values = {name: float(total / count) for name, (total, count) in sums.items()}
+        sums.clear()
+        self.callback_metrics.update(values)
+        return values
+
+    def progress_bar_values(self) -> dict[str, float]:
+        """Latest floats of the metrics logged with prog_bar=True, without clearing anything."""
+        values = {}
+        for name in self.prog_bar:
+            if name in self.step_values:
+                values[name] = float(self.step_values[name])
+            elif name in self.callback_metrics:
+                values[name] = self.callback_metrics[name]
+        return values

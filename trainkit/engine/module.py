@@ -1,0 +1,88 @@
+"""The TrainModule API: a model that knows how to train itself.
+
+A `TrainModule` is an `nn.Module` with step methods. The Trainer calls them; they return the loss
+(training) or anything (evaluation, prediction) and report numbers with `self.log(name, value)`.
+
+    class MyModel(TrainModule):
+        def training_step(self, batch, batch_idx):
+            loss = ...
+            self.log("train/loss", loss, prog_bar=True)
+            return loss
+
+Logged tensors stay on the device: nothing is copied to the host until a logger asks for it
+(every `log_every_n_steps`), so logging adds no synchronisation to the step.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from trainkit.engine.trainer import Trainer
+
+
+class TrainModule(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        # Plain attribute, not a submodule: the Trainer is not part of the model's state.
+        object.__setattr__(self, "_trainer", None)
+
+    # -- what a recipe writes ---------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define training_step(batch, batch_idx)")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no validation_step(batch, batch_idx)")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no test_step(batch, batch_idx)")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        """Return an optimizer, or `{"optimizer": opt, "lr_scheduler": sched_or_dict}`.
+
+        A scheduler dict may carry `interval` ("step" or "epoch", default "epoch") and
+        `frequency`, as in Lightning. When a module does not override this method, the Trainer
+        builds the optimizer and scheduler that its `optimizer=` / `scheduler=` arguments (the
+        `optimizer` and `scheduler` config groups) describe.
+        """
+        raise NotImplementedError
+
+    # Epoch hooks: a recipe overrides those it needs (e.g. to compute AUC over a whole epoch).
+    def on_train_epoch_start(self) -> None: ...
+    def on_train_epoch_end(self) -> None: ...
+    def on_validation_epoch_start(self) -> None: ...
+    def on_validation_epoch_end(self) -> None: ...
+    def on_test_epoch_start(self) -> None: ...
+    def on_test_epoch_end(self) -> None: ...
+
+    # -- what the Trainer provides -------------------------------------------------------------
+    @property
+    def trainer(self) -> Trainer:
+        if self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer")
+        return self._trainer
+
+    def log(
+        self,
+        name: str,
+        value: torch.Tensor | float,
+        *,
+        prog_bar: bool = False,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        """Record a scalar. Defaults as in Lightning: in training, per step; in evaluation, the
+        epoch mean weighted by `batch_size` (1 when not given)."""
+        self.trainer.metrics.log(
+            name, value, prog_bar=prog_bar, on_step=on_step, on_epoch=on_epoch, batch_size=batch_size
+        )
+
+    def log_dict(self, values: dict[str, torch.Tensor | float], **kwargs: Any) -> None:
+        for name, value in values.items():
+            self.log(name, value, **kwargs)

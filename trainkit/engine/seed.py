@@ -1,0 +1,25 @@
+"""Seeding and deterministic mode."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds all CUDA devices
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Make torch pick deterministic kernels (and fail loudly on ops that have none)."""
+    if enabled:
+        # cuBLAS needs a fixed workspace to be deterministic; must be set before CUDA starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = False if enabled else torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic = enabled

@@ -1,0 +1,13 @@
+"""Progress counters of a run: a plain dataclass the Trainer owns and callbacks read."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainState:
+    global_step: int = 0  # optimizer steps taken (skipped fp16 steps included)
+    epoch: int = 0  # current epoch, 0-based
+    batch_idx: int = 0  # batches of the current epoch consumed so far
+    stage: str = "fit"  # "fit", "validate", "test" or "predict"
+    should_stop: bool = False  # set by callbacks (early stopping) to end fit after this epoch

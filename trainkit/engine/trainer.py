@@ -1,0 +1,502 @@
+"""The Trainer: fit / validate / test / predict loops over a TrainModule.
+
+    trainer = Trainer(max_steps=100, logger=False, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)            # or train_dataloaders=..., val_dataloaders=...
+
+One optimizer step = `accumulate_grad_batches` micro-batches: each runs forward under the
+precision's autocast, scales its loss by 1/k and runs backward (gradient sync skipped on all but
+the last); then clip, step, zero the grads, step a per-step scheduler. The loop never asks which
+strategy or precision it has: it calls their methods.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import secrets
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+
+from trainkit.engine.callback import Callback, overrides
+from trainkit.engine.data import DataModule
+from trainkit.engine.metric_store import MetricStore
+from trainkit.engine.module import TrainModule
+from trainkit.engine.seed import seed_everything, set_deterministic
+from trainkit.engine.state import TrainState
+from trainkit.errors import ConfigError, UserError
+from trainkit.precision import Precision
+from trainkit.strategies import make_strategy
+
+log = logging.getLogger("trainkit")
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        accelerator: str = "auto",
+        strategy: str | Any = "auto",
+        devices: int = 1,
+        num_nodes: int = 1,
+        precision: str | Precision = "32",
+        max_epochs: int | None = None,
+        max_steps: int = -1,
+        limit_train_batches: int | float = 1.0,
+        limit_val_batches: int | float = 1.0,
+        limit_test_batches: int | float = 1.0,
+        limit_predict_batches: int | float = 1.0,
+        val_check_interval: int | float = 1.0,
+        check_val_every_n_epoch: int = 1,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        seed: int | None = None,
+        deterministic: bool = False,
+        compile: bool = False,
+        log_every_n_steps: int = 50,
+        callbacks: list[Callback] | None = None,
+        logger: bool | Any | list[Any] = True,
+        enable_checkpointing: bool = True,
+        enable_progress_bar: bool = True,
+        default_root_dir: str | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
+        if max_epochs is None and max_steps == -1:
+            max_epochs = 1000  # as Lightning: a bound, so a forgotten limit does not run forever
+        if accumulate_grad_batches < 1:
+            raise ConfigError(f"trainer.accumulate_grad_batches={accumulate_grad_batches} must be >= 1")
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ConfigError(f"gradient_clip_algorithm={gradient_clip_algorithm!r} must be 'norm' or 'value'")
+        self.strategy = (
+            make_strategy(strategy, accelerator, devices, num_nodes) if isinstance(strategy, str) else strategy
+        )
+        device_type = self.strategy.root_device.type
+        self.precision = precision if isinstance(precision, Precision) else Precision(str(precision), device_type)
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.limit_train_batches = limit_train_batches
+        self.limit_val_batches = limit_val_batches
+        self.limit_test_batches = limit_test_batches
+        self.limit_predict_batches = limit_predict_batches
+        self.val_check_interval = val_check_interval
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.seed = seed
+        self.deterministic = deterministic
+        self.compile = compile
+        self.log_every_n_steps = max(1, log_every_n_steps)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.default_root_dir = default_root_dir or os.path.join(
+            os.getcwd(), "trainkit_logs", time.strftime("%Y-%m-%d_%H-%M-%S") + "_" + secrets.token_hex(3)
+        )
+
+        self.state = TrainState()
+        self.metrics = MetricStore()
+        self.callbacks = _with_default_callbacks(
+            list(callbacks or []), enable_progress_bar, enable_checkpointing, self.default_root_dir
+        )
+        self.loggers = _make_loggers(logger, self.default_root_dir) if self.is_global_zero else []
+
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.lr_scheduler: Any = None
+        self.scheduler_interval = "step"
+        self.scheduler_frequency = 1
+        self.num_training_batches: int | float = 0
+        self.num_val_batches: int | float = 0
+        self.estimated_stepping_batches: int | float = 0
+        self.model: torch.nn.Module | None = None  # the module as the strategy placed it
+
+    # -- read-only views (Lightning names) ---------------------------------------------------
+    @property
+    def is_global_zero(self) -> bool:
+        return self.strategy.is_global_zero
+
+    @property
+    def global_step(self) -> int:
+        return self.state.global_step
+
+    @property
+    def current_epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def callback_metrics(self) -> dict[str, float]:
+        return self.metrics.callback_metrics
+
+    @property
+    def should_stop(self) -> bool:
+        return self.state.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.state.should_stop = value
+
+    @property
+    def log_dir(self) -> str:
+        return self.default_root_dir
+
+    # -- entry points --------------------------------------------------------------------------
+    def fit(
+        self,
+        module: TrainModule,
+        train_dataloaders: Iterable | None = None,
+        val_dataloaders: Iterable | None = None,
+        datamodule: DataModule | None = None,
+    ) -> None:
+        def run() -> None:
+            if datamodule is not None:
+                train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
+            else:
+                train_loader, val_loader = train_dataloaders, val_dataloaders
+            if train_loader is None:
+                raise UserError("fit needs training data: pass train_dataloaders= or a datamodule")
+            self.num_training_batches = _num_batches(train_loader, self.limit_train_batches)
+            self.num_val_batches = _num_batches(val_loader, self.limit_val_batches) if val_loader is not None else 0
+            self.estimated_stepping_batches = self._estimate_stepping_batches()
+            self._configure_optimizers(module)
+            self._call("on_fit_start")
+            self._fit_loop(module, train_loader, val_loader)
+            self._call("on_fit_end")
+
+        self._run(module, datamodule, "fit", run)
+
+    def validate(
+        self, module: TrainModule, dataloaders: Iterable | None = None, datamodule: DataModule | None = None
+    ) -> list[dict[str, float]]:
+        return self._run(module, datamodule, "validate", lambda: [self._eval_stage("validate", module, dataloaders, datamodule)])
+
+    def test(
+        self, module: TrainModule, dataloaders: Iterable | None = None, datamodule: DataModule | None = None
+    ) -> list[dict[str, float]]:
+        return self._run(module, datamodule, "test", lambda: [self._eval_stage("test", module, dataloaders, datamodule)])
+
+    def predict(
+        self, module: TrainModule, dataloaders: Iterable | None = None, datamodule: DataModule | None = None
+    ) -> list[Any]:
+        def run() -> list[Any]:
+            loader = dataloaders if dataloaders is not None else datamodule.predict_dataloader()
+            limit = _num_batches(loader, self.limit_predict_batches)
+            self._call("on_predict_start")
+            outputs = []
+            with torch.inference_mode():
+                for batch_idx, batch in _take(loader, limit):
+                    batch = self.strategy.batch_to_device(self.precision.convert_input(batch))
+                    with self.precision.autocast():
+                        out = module.predict_step(batch, batch_idx)
+                    outputs.append(out)
+                    self._call_batch("on_predict_batch_end", out, batch, batch_idx)
+            self._call("on_predict_end")
+            return outputs
+
+        return self._run(module, datamodule, "predict", run)
+
+    # -- shared set-up and tear-down -------------------------------------------------------------
+    def _run(self, module: TrainModule, datamodule: DataModule | None, stage: str, body: Callable[[], Any]) -> Any:
+        self.state.stage = stage
+        object.__setattr__(module, "_trainer", self)
+        if self.seed is not None:
+            seed_everything(self.seed)
+        set_deterministic(self.deterministic)
+        if datamodule is not None:
+            datamodule.prepare_data()
+            datamodule.setup(stage)
+        self.model = self.strategy.setup_module(self.precision.convert_module(module))
+        if self.compile:
+            module.compile()
+        # Per-batch hooks are looked up once: a callback that does not override a hook costs
+        # nothing inside the step.
+        self._batch_hooks = {
+            hook: [cb for cb in self.callbacks if overrides(cb, hook)]
+            for hook in (
+                "on_train_batch_end",
+                "on_before_optimizer_step",
+                "on_validation_batch_end",
+                "on_test_batch_end",
+                "on_predict_batch_end",
+            )
+        }
+        self._module = module
+        status = "failed"
+        try:
+            for cb in self.callbacks:
+                cb.setup(self, module, stage)
+            result = body()
+            status = "success"
+            return result
+        except BaseException as exc:
+            for cb in self.callbacks:
+                cb.on_exception(self, module, exc)
+            raise
+        finally:
+            for cb in self.callbacks:
+                cb.teardown(self, module, stage)
+            for lg in self.loggers:
+                lg.finalize(status)
+            self.strategy.teardown()
+
+    def _call(self, hook: str) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, self._module)
+
+    def _call_batch(self, hook: str, outputs: Any, batch: Any, batch_idx: int) -> None:
+        for cb in self._batch_hooks[hook]:
+            getattr(cb, hook)(self, self._module, outputs, batch, batch_idx)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Send floats to every logger (rank zero only), tagged with the epoch."""
+        if not self.loggers or not metrics:
+            return
+        step = self.state.global_step if step is None else step
+        row = {**metrics, "epoch": self.state.epoch}
+        for lg in self.loggers:
+            lg.log_metrics(row, step)
+
+    # -- optimizers ----------------------------------------------------------------------------
+    def _configure_optimizers(self, module: TrainModule) -> None:
+        if type(module).configure_optimizers is not TrainModule.configure_optimizers:
+            if self.optimizer_factory is not None:
+                log.info("%s.configure_optimizers() builds the optimizer; the optimizer config is not used",
+                         type(module).__name__)
+            result = module.configure_optimizers()
+        elif self.optimizer_factory is not None:
+            optimizer = self.optimizer_factory(module.parameters())
+            result = {"optimizer": optimizer}
+            if self.scheduler_factory is not None:
+                result["lr_scheduler"] = {"scheduler": self._build_scheduler(optimizer), "interval": "step"}
+        else:
+            raise UserError(
+                f"{type(module).__name__} has no optimizer: define configure_optimizers() or pass Trainer(optimizer=...)"
+            )
+        if isinstance(result, torch.optim.Optimizer):
+            result = {"optimizer": result}
+        self.optimizer = result["optimizer"]
+        sched = result.get("lr_scheduler")
+        if isinstance(sched, dict):
+            self.lr_scheduler = sched["scheduler"]
+            self.scheduler_interval = sched.get("interval", "epoch")
+            self.scheduler_frequency = sched.get("frequency", 1)
+        else:
+            self.lr_scheduler, self.scheduler_interval, self.scheduler_frequency = sched, "epoch", 1
+        if self.scheduler_interval not in ("step", "epoch"):
+            raise UserError(f"lr_scheduler interval={self.scheduler_interval!r} must be 'step' or 'epoch'")
+
+    def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        # Schedules such as warmup-cosine need the run's length; give it to those that ask.
+        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
+            if math.isinf(self.estimated_stepping_batches):
+                raise ConfigError("this scheduler needs the run's length: set trainer.max_steps or trainer.max_epochs")
+            return self.scheduler_factory(optimizer, total_steps=int(self.estimated_stepping_batches))
+        return self.scheduler_factory(optimizer)
+
+    def _estimate_stepping_batches(self) -> int | float:
+        per_epoch = math.ceil(self.num_training_batches / self.accumulate_grad_batches)
+        by_epochs = per_epoch * self.max_epochs if self.max_epochs is not None else math.inf
+        return min(by_epochs, self.max_steps) if self.max_steps > -1 else by_epochs
+
+    # -- fit -----------------------------------------------------------------------------------
+    def _fit_done(self) -> bool:
+        state = self.state
+        return (
+            state.should_stop
+            or (self.max_steps > -1 and state.global_step >= self.max_steps)
+            or (self.max_epochs is not None and state.epoch >= self.max_epochs)
+        )
+
+    def _fit_loop(self, module: TrainModule, train_loader: Iterable, val_loader: Iterable | None) -> None:
+        self._last_val_step = -1
+        while not self._fit_done():
+            self._train_epoch(module, train_loader, val_loader)
+            if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
+                if (self.state.epoch + 1) % self.scheduler_frequency == 0:
+                    self.lr_scheduler.step()
+            self.state.epoch += 1
+
+    def _train_epoch(self, module: TrainModule, loader: Iterable, val_loader: Iterable | None) -> None:
+        state, strategy, precision = self.state, self.strategy, self.precision
+        module.train()
+        self.metrics.training = True
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(state.epoch)
+        module.on_train_epoch_start()
+        self._call("on_train_epoch_start")
+
+        n = self.num_training_batches
+        accum = self.accumulate_grad_batches
+        val_points = self._val_check_points(n, val_loader)
+        training_step = strategy.training_step
+        batch_end_hooks = self._batch_hooks["on_train_batch_end"]
+        state.batch_idx = 0
+        for batch_idx, batch in _take(loader, n):
+            window_start = batch_idx - batch_idx % accum
+            window = min(accum, n - window_start) if not math.isinf(n) else accum
+            step_now = batch_idx + 1 == window_start + window
+            batch = strategy.batch_to_device(precision.convert_input(batch))
+            with strategy.no_backward_sync(self.model, enabled=not step_now):
+                with precision.autocast():
+                    out = training_step(module, batch, batch_idx)
+                loss = out if isinstance(out, torch.Tensor) else out["loss"]
+                precision.backward(loss / window if window > 1 else loss)
+            state.batch_idx = batch_idx + 1
+            if step_now:
+                self._optimizer_step()
+            for cb in batch_end_hooks:
+                cb.on_train_batch_end(self, module, out, batch, batch_idx)
+            if step_now:
+                if state.global_step % self.log_every_n_steps == 0:
+                    self.log_metrics(self.metrics.read_step())
+                if batch_idx + 1 in val_points:
+                    self._validate_during_fit(module, val_loader)
+                if self.max_steps > -1 and state.global_step >= self.max_steps:
+                    # Stopped mid-epoch: validate the final weights, so the run ends with the
+                    # metrics of the model it saves.
+                    if self._last_val_step != state.global_step and val_loader is not None and self.num_val_batches:
+                        self._validate_during_fit(module, val_loader)
+                    break
+            if state.should_stop and step_now:
+                break
+
+        module.on_train_epoch_end()
+        self.log_metrics(self.metrics.read_epoch())
+        self._call("on_train_epoch_end")
+
+    def _optimizer_step(self) -> None:
+        optimizer = self.optimizer
+        if self.gradient_clip_val is not None and self.gradient_clip_val > 0:
+            self.precision.unscale_gradients(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            self.strategy.clip_gradients(params, self.gradient_clip_val, self.gradient_clip_algorithm)
+        for cb in self._batch_hooks["on_before_optimizer_step"]:
+            cb.on_before_optimizer_step(self, self._module, optimizer)
+        stepped = self.precision.optimizer_step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+        # A step the GradScaler skipped must not advance the schedule.
+        if stepped and self.lr_scheduler is not None and self.scheduler_interval == "step":
+            if self.state.global_step % self.scheduler_frequency == 0:
+                self.lr_scheduler.step()
+
+    def _val_check_points(self, n: int | float, val_loader: Iterable | None) -> set[int]:
+        """Batch counts of this epoch after which validation runs."""
+        if val_loader is None or not self.num_val_batches:
+            return set()
+        if (self.state.epoch + 1) % self.check_val_every_n_epoch != 0:
+            return set()
+        interval = self.val_check_interval
+        if math.isinf(n):
+            if isinstance(interval, float):
+                raise ConfigError("trainer.val_check_interval must be an int (batches) when the loader has no length")
+            return set(range(interval, 10**12, interval))  # membership test only; never materialised
+        if isinstance(interval, float):
+            every = max(1, int(n * interval))
+        else:
+            every = max(1, min(interval, n))
+        return set(range(every, n + 1, every)) | {n}
+
+    def _validate_during_fit(self, module: TrainModule, val_loader: Iterable) -> None:
+        self._last_val_step = self.state.global_step
+        self._evaluate("validate", module, val_loader, self.num_val_batches)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def _eval_stage(
+        self, stage: str, module: TrainModule, dataloaders: Iterable | None, datamodule: DataModule | None
+    ) -> dict[str, float]:
+        if dataloaders is None:
+            if datamodule is None:
+                raise UserError(f"{stage} needs data: pass dataloaders= or a datamodule")
+            dataloaders = datamodule.val_dataloader() if stage == "validate" else datamodule.test_dataloader()
+        if dataloaders is None:
+            raise UserError(f"{stage}: the datamodule returned no {stage} dataloader")
+        limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
+        return self._evaluate(stage, module, dataloaders, _num_batches(dataloaders, limit))
+
+    def _evaluate(self, stage: str, module: TrainModule, loader: Iterable, limit: int | float) -> dict[str, float]:
+        prefix = "validation" if stage == "validate" else "test"
+        step_fn = module.validation_step if stage == "validate" else module.test_step
+        was_training = module.training
+        module.eval()
+        self.metrics.training = False
+        getattr(module, f"on_{prefix}_epoch_start")()
+        self._call(f"on_{prefix}_start")
+        with torch.inference_mode():
+            for batch_idx, batch in _take(loader, limit):
+                batch = self.strategy.batch_to_device(self.precision.convert_input(batch))
+                with self.precision.autocast():
+                    out = step_fn(batch, batch_idx)
+                self._call_batch(f"on_{prefix}_batch_end", out, batch, batch_idx)
+            getattr(module, f"on_{prefix}_epoch_end")()
+        values = self.metrics.read_epoch()
+        self.log_metrics(values)
+        self._call(f"on_{prefix}_end")
+        module.train(was_training)
+        self.metrics.training = was_training
+        return values
+
+
+def _length(loader: Iterable) -> int | float:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return math.inf
+
+
+def _num_batches(loader: Iterable, limit: int | float) -> int | float:
+    """How many batches of `loader` a loop takes: an int limit is a count, a float a fraction."""
+    length = _length(loader)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+        raise ConfigError(f"limit_*_batches={limit!r} must be an int (batches) or a float in [0, 1] (fraction)")
+    if isinstance(limit, int):
+        return min(limit, length)
+    if limit > 1.0:
+        raise ConfigError(f"limit_*_batches={limit} is a float above 1.0: use an int for a count of batches")
+    if math.isinf(length):
+        if limit == 1.0:
+            return math.inf
+        raise ConfigError("a fractional limit_*_batches needs a loader with a length; use an int")
+    return int(length * limit) if limit < 1.0 else length
+
+
+def _take(loader: Iterable, limit: int | float) -> Iterable[tuple[int, Any]]:
+    """The first `limit` batches. A loader read in full is read to its end, as a plain `for`
+    loop would: samplers draw from their generator when they finish, and stopping one batch
+    early would shift every later epoch's shuffle."""
+    if limit == 0:
+        return
+    stop_early = limit < _length(loader)
+    for batch_idx, batch in enumerate(loader):
+        yield batch_idx, batch
+        if stop_early and batch_idx + 1 >= limit:
+            return
+
+
+def _with_default_callbacks(
+    callbacks: list[Callback], progress_bar: bool, checkpointing: bool, root_dir: str
+) -> list[Callback]:
+    from trainkit.callbacks.model_checkpoint import ModelCheckpoint
+    from trainkit.callbacks.progress import ProgressBar
+
+    if progress_bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):
+        callbacks.insert(0, ProgressBar())
+    if checkpointing and not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
+        callbacks.append(ModelCheckpoint(dirpath=os.path.join(root_dir, "checkpoints")))
+    # Checkpoints last: they then see what every other callback decided at the same hook
+    # (e.g. early stopping's state).
+    return sorted(callbacks, key=lambda cb: isinstance(cb, ModelCheckpoint))
+
+
+def _make_loggers(logger: bool | Any | list[Any], root_dir: str) -> list[Any]:
+    if logger is False or logger is None:
+        return []
+    if logger is True:
+        from trainkit.loggers.csv import CSVLogger
+        from trainkit.loggers.tensorboard import TensorBoardLogger
+
+        return [CSVLogger(save_dir=root_dir), TensorBoardLogger(save_dir=root_dir)]
+    return list(logger) if isinstance(logger, (list, tuple)) else [logger]

@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+A `UserError` is bad input — a config key, a value, a file — that the user can fix. The CLI prints
+its message alone (no traceback) and exits with code 2. Everything else that escapes a run is a
+training failure: exit code 1, with the place it happened.
+"""
+
+
+class UserError(Exception):
+    """Bad input the user can fix. The message names the problem and the fix."""
+
+
+class ConfigError(UserError):
+    """A config value is unknown, of the wrong type, or inconsistent with another."""
+
+
+class DataError(UserError):
+    """A data file is missing or malformed. The message names the file (and line)."""

@@ -1,0 +1,51 @@
+"""metrics.csv: one row per logged step — `step`, `epoch`, then each metric, at full precision.
+
+Metrics logged for the same step (training values and a validation at that step) share one row.
+Rows are appended as soon as their step is complete; when a new metric name appears the file is
+rewritten once with the wider header, so the file on disk is always a valid CSV.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any
+
+
+class CSVLogger:
+    def __init__(self, save_dir: str, filename: str = "metrics.csv") -> None:
+        self.path = os.path.join(save_dir, filename)
+        self._columns: list[str] = ["step", "epoch"]
+        self._written: list[dict[str, Any]] = []  # rows on disk (kept to rewrite on a new column)
+        self._pending: dict[str, Any] | None = None  # the current step's row, still open
+
+    def log_hyperparams(self, params: dict[str, Any]) -> None:
+        pass  # the run directory's config.yaml already holds them
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._pending is not None and self._pending["step"] != step:
+            self._write(self._pending)
+            self._pending = None
+        if self._pending is None:
+            self._pending = {"step": step}
+        self._pending.update(metrics)
+
+    def finalize(self, status: str) -> None:
+        if self._pending is not None:
+            self._write(self._pending)
+            self._pending = None
+
+    def _write(self, row: dict[str, Any]) -> None:
+        new_columns = [k for k in row if k not in self._columns]
+        self._written.append(row)
+        if new_columns or not os.path.exists(self.path):
+            self._columns.extend(new_columns)
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            tmp = self.path + ".tmp"
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self._columns)
+                writer.writeheader()
+                writer.writerows(self._written)
+            os.replace(tmp, self.path)
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._columns).writerow(row)

@@ -1,0 +1,87 @@
+"""Numeric precision: where autocast, GradScaler and parameter dtypes live.
+
+    32          fp32 everywhere (nothing to do)
+    bf16-mixed  fp32 weights, forward under bf16 autocast
+    16-mixed    fp32 weights, forward under fp16 autocast, loss scaled by a GradScaler that skips
+                steps whose gradients overflowed (inf/NaN) and lowers the scale
+    bf16-true   weights and floating inputs cast to bf16 (half the memory; no fp32 master copy)
+
+All four run on CPU (torch has CPU autocast for bf16 and fp16) and on CUDA.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from trainkit.choices import PRECISIONS
+from trainkit.engine.tensors import apply_to_tensors
+
+
+
+class Precision:
+    def __init__(
+        self,
+        mode: str = "32",
+        device_type: str = "cpu",
+        init_scale: float = 2.0**16,
+        growth_interval: int = 2000,
+    ) -> None:
+        mode = str(mode)
+        if mode not in PRECISIONS:
+            raise ValueError(f"precision={mode!r} is not one of {', '.join(PRECISIONS)}")
+        self.mode = mode
+        self.device_type = device_type
+        self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(mode)
+        self.param_dtype = torch.bfloat16 if mode == "bf16-true" else None
+        self.scaler = (
+            torch.amp.GradScaler(device_type, init_scale=init_scale, growth_interval=growth_interval)
+            if mode == "16-mixed"
+            else None
+        )
+        self.skipped_steps = 0  # optimizer steps the GradScaler skipped because of inf/NaN grads
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(self.param_dtype) if self.param_dtype is not None else module
+
+    def convert_input(self, batch: Any) -> Any:
+        if self.param_dtype is None:
+            return batch
+        return apply_to_tensors(batch, lambda t: t.to(self.param_dtype) if t.is_floating_point() else t)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward()
+
+    def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring gradients back to their true scale (needed before clipping them)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Step the optimizer; False when the GradScaler skipped the step (inf/NaN gradients)."""
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        scale_before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        # The scaler lowers its scale exactly when it found inf/NaN and skipped the step.
+        skipped = self.scaler.get_scale() < scale_before
+        self.skipped_steps += int(skipped)
+        return not skipped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+

@@ -1,0 +1,106 @@
+"""One run: from the composed config to a finished command.
+
+`run_composed` runs once in the parent, inside Hydra: resolve the config, check it, write
+`<run_dir>/config.yaml`. `run_worker` is what a worker process does: it reads that file (never
+argv, never Hydra), builds the datamodule, model, callbacks and loggers, and runs the command.
+With one device the parent is the worker.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainkit.config import check_targets, check_values
+
+log = logging.getLogger("trainkit")
+
+
+def run_composed(command: str, cfg: DictConfig) -> dict[str, float]:
+    cfg.command = command
+    OmegaConf.resolve(cfg)
+    check_values(cfg)
+    run_dir = os.path.abspath(cfg.run_dir)
+    cfg.run_dir = run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    config_path = os.path.join(run_dir, "config.yaml")
+    OmegaConf.save(cfg, config_path)
+    return run_worker(config_path)
+
+
+def run_worker(config_path: str) -> dict[str, float]:
+    from trainkit.log_setup import setup_logging
+
+    cfg = OmegaConf.load(config_path)
+    run_dir = cfg.run_dir
+    setup_logging(run_dir)
+    log.info("run directory: %s", run_dir)
+    check_targets(cfg)  # imports the recipe (and torch): before any data or model work
+
+    import torch
+    from hydra.utils import instantiate
+
+    from trainkit.engine.seed import seed_everything
+    from trainkit.engine.trainer import Trainer
+    from trainkit.precision import Precision
+    from trainkit.strategies import make_strategy
+
+    t = cfg.trainer
+    if t.seed is not None:
+        seed_everything(t.seed)  # before the model exists: its initial weights follow the seed
+    datamodule = instantiate(cfg.datamodule)
+    model = instantiate(cfg.model)
+    strategy = make_strategy(cfg.strategy.name, t.accelerator, t.devices, t.num_nodes)
+    precision = Precision(
+        str(cfg.precision.mode), strategy.root_device.type, cfg.precision.init_scale, cfg.precision.growth_interval
+    )
+    callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node]
+    loggers = [instantiate(node) for node in (cfg.logger or {}).values() if node]
+    trainer_args = {k: v for k, v in OmegaConf.to_container(t).items()
+                    if k not in ("accelerator", "devices", "num_nodes")}
+    trainer = Trainer(
+        **trainer_args,
+        strategy=strategy,
+        precision=precision,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=False,  # the `callbacks` config says which checkpoints to keep
+        enable_progress_bar=False,  # ... and whether to show progress
+        default_root_dir=run_dir,
+        optimizer=instantiate(cfg.optimizer) if cfg.optimizer else None,
+        scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None,
+    )
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg))
+
+    command = cfg.command
+    if command == "fit":
+        trainer.fit(model, datamodule=datamodule)
+        results = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+        _report("final validation", results)
+    else:
+        if cfg.ckpt_path:
+            from trainkit.callbacks.model_checkpoint import load_checkpoint
+
+            model.load_state_dict(load_checkpoint(cfg.ckpt_path)["model"])
+            log.info("loaded weights from %s", cfg.ckpt_path)
+        else:
+            log.warning("no ckpt_path given: %s runs on freshly initialised weights", command)
+        if command == "predict":
+            predictions = trainer.predict(model, datamodule=datamodule)
+            out = os.path.join(run_dir, "predictions.pt")
+            torch.save(predictions, out)
+            log.info("predictions: %s (%d batches)", out, len(predictions))
+            results = {}
+        else:
+            results = getattr(trainer, command)(model, datamodule=datamodule)[0]
+            _report(command, results)
+    log.info("run directory: %s", run_dir)
+    return results
+
+
+def _report(title: str, metrics: dict[str, Any]) -> None:
+    if metrics:
+        log.info("%s: %s", title, "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))

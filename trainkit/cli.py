@@ -11,6 +11,7 @@ or input (the message names the key or file and the fix), 1 training failed, 130
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 import traceback
@@ -32,27 +33,27 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return EXIT_OK
-    command, overrides = argv[0], argv[1:]
+    command, overrides = argv[0], [_quote_group_option(a) for a in argv[1:]]
     if command not in COMMANDS:
         return _fail(EXIT_BAD_INPUT, f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} "
                      "(trainkit --help lists them)")
     # Hydra re-raises instead of printing its own report; we print one short message instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    stage = {"task_started": False}
+    failures: list[tuple[BaseException, str | None]] = []
     try:
-        _run_hydra(command, overrides, stage)
+        _run_hydra(command, overrides, failures)
     except KeyboardInterrupt:
         return _fail(EXIT_INTERRUPTED, "interrupted")
-    except UserError as exc:
-        return _fail(EXIT_BAD_INPUT, str(exc), debug)
-    except Exception as exc:  # noqa: BLE001 - the one place every failure is reported
-        if not stage["task_started"]:  # Hydra could not compose the config: a bad override
-            return _fail(EXIT_BAD_INPUT, _hydra_message(exc), debug)
-        return _fail(EXIT_FAILED, _where(exc), debug)
-    return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - Hydra could not compose the config: a bad override
+        return _fail(EXIT_BAD_INPUT, _hydra_message(exc), debug, exc)
+    if not failures:
+        return EXIT_OK
+    # A multirun reports every failed trial; the exit code is the first one's.
+    codes = [_report_failure(exc, run_dir, debug) for exc, run_dir in failures]
+    return codes[0]
 
 
-def _run_hydra(command: str, overrides: list[str], stage: dict) -> None:
+def _run_hydra(command: str, overrides: list[str], failures: list) -> None:
     import hydra
     from omegaconf import OmegaConf
 
@@ -63,18 +64,40 @@ def _run_hydra(command: str, overrides: list[str], stage: dict) -> None:
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="fit", version_base="1.3")
     def task(cfg):
-        stage["task_started"] = True
         from trainkit.run import run_composed
 
-        return run_composed(command, cfg)
+        try:
+            return run_composed(command, cfg)
+        except Exception as exc:  # noqa: BLE001 - reported by main() once Hydra returns
+            failures.append((exc, cfg.get("run_dir")))
 
     sys.argv = [f"trainkit {command}", *overrides]
     task()
 
 
-def _fail(code: int, message: str, debug: bool = False) -> int:
-    if debug and code != EXIT_INTERRUPTED:
-        traceback.print_exc()
+def _quote_group_option(arg: str) -> str:
+    """`precision=32` -> `precision='32'`: Hydra reads 32 as an int, but a group option is a name."""
+    key, sep, value = arg.partition("=")
+    if sep and (CONFIG_DIR / key.lstrip("+~")).is_dir() and value.replace(".", "", 1).isdigit():
+        return f"{key}='{value}'"
+    return arg
+
+
+def _report_failure(exc: BaseException, run_dir: str | None, debug: bool) -> int:
+    if isinstance(exc, UserError):
+        code, message = EXIT_BAD_INPUT, str(exc)
+    else:
+        code, message = EXIT_FAILED, _where(exc)
+    if run_dir and os.path.isdir(run_dir):  # the run directory keeps the whole story
+        with open(os.path.join(run_dir, "trainkit.log"), "a") as f:
+            f.write(f"error: {message}\n" + "".join(traceback.format_exception(exc)))
+        message += f"\n  log: {os.path.join(run_dir, 'trainkit.log')}"
+    return _fail(code, message, debug, exc)
+
+
+def _fail(code: int, message: str, debug: bool = False, exc: BaseException | None = None) -> int:
+    if debug and exc is not None:
+        traceback.print_exception(exc)
     print(f"trainkit: error: {message}", file=sys.stderr)
     if code == EXIT_FAILED and not debug:
         print("trainkit: run again with --debug for the full traceback", file=sys.stderr)
@@ -82,19 +105,24 @@ def _fail(code: int, message: str, debug: bool = False) -> int:
 
 
 def _hydra_message(exc: BaseException) -> str:
-    """Hydra's and OmegaConf's messages, without their stack and search-path listings."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
+    """One line from Hydra's and OmegaConf's reports, with the fix."""
+    text = str(exc)
+    missing = re.search(r"Could not find '([\w/-]+)/([^']+)'", text)
+    if missing and (CONFIG_DIR / missing[1]).is_dir():
+        group, name = missing[1], missing[2]
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        return f"{group}={name} is not an option of the '{group}' group; choose one of: {', '.join(options)}"
     cause = exc.__cause__
-    if cause is not None and str(cause) not in str(exc):
-        lines += [line for line in str(cause).splitlines() if line.strip()]
-    keep = []
-    for line in lines:
-        if line.startswith("Config search path") or line.strip().startswith(("provider=", "object_type=")):
-            break
-        keep.append(line.strip())
-    message = "; ".join(keep) or type(exc).__name__
-    if "Could not override" in message or "not in struct" in message:
-        message += " (trainkit fit --cfg job shows every key)"
+    full_key = getattr(cause, "full_key", None)
+    if full_key:
+        reason = str(getattr(cause, "msg", cause)).splitlines()[0]
+        if "not in" in reason or "not in struct" in reason:
+            return (f"{full_key} is not a config key ({reason}); check the spelling "
+                    f"(trainkit fit --cfg job shows every key), or add a new key with +{full_key}=...")
+        return f"{full_key}: {reason}"
+    message = "; ".join(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("See https"))
+    if message.startswith("Error parsing override"):
+        message += " (write overrides as key=value or group=option)"
     return message
 
 

@@ -1,13 +1,23 @@
 """Logging for a run: the `trainkit` logger to the console and to `<run_dir>/trainkit.log`.
 
-On a terminal the console handler is rich's (it cooperates with the live progress bar); without
-one (SLURM, nohup, CI) plain timestamped lines.
+Console lines go through rich's console, which keeps them above a live progress bar on a
+terminal and prints them as plain text elsewhere (SLURM, nohup, CI). Never wrapped: a run
+directory printed on one line can be copied.
 """
 from __future__ import annotations
 
 import logging
 import os
-import sys
+
+from rich import get_console
+
+
+class _ConsoleHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            get_console().print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging must never break the run
+            self.handleError(record)
 
 
 def setup_logging(run_dir: str | None, is_global_zero: bool = True) -> None:
@@ -18,13 +28,8 @@ def setup_logging(run_dir: str | None, is_global_zero: bool = True) -> None:
         logger.removeHandler(handler)
         handler.close()
     if is_global_zero:
-        if sys.stdout.isatty():
-            from rich.logging import RichHandler
-
-            console: logging.Handler = RichHandler(show_path=False, show_level=False, markup=False)
-        else:
-            console = logging.StreamHandler(sys.stdout)
-            console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        console = _ConsoleHandler()
+        console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         logger.addHandler(console)
     if run_dir is not None:
         os.makedirs(run_dir, exist_ok=True)

@@ -34,7 +34,7 @@ class ProgressBar(Callback):
         if self.enabled and Console().is_terminal and self._progress is None:
             self._progress = Progress(
                 TextColumn("{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),

@@ -40,7 +40,7 @@ class MetricStore:
             on_step = self.training
         if on_epoch is None:
             on_epoch = not self.training
-        if prog_bar:
+        if prog_bar and on_step:  # the bar shows step values; epoch values get their own line
             self.prog_bar.add(name)
         if on_step:
             self.step_values[name] = value
@@ -67,7 +67,7 @@ class MetricStore:
         return values
 
     def progress_bar_values(self) -> dict[str, float]:
-        """Latest floats of the metrics logged with prog_bar=True, without clearing anything."""
+        """Latest floats of the step metrics logged with prog_bar=True, without clearing anything."""
         values = {}
         for name in self.prog_bar:
             if name in self.step_values:

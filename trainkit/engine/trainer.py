@@ -486,9 +486,9 @@ def _with_default_callbacks(
         callbacks.insert(0, ProgressBar())
     if checkpointing and not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
         callbacks.append(ModelCheckpoint(dirpath=os.path.join(root_dir, "checkpoints")))
-    # Checkpoints last: they then see what every other callback decided at the same hook
-    # (e.g. early stopping's state).
-    return sorted(callbacks, key=lambda cb: isinstance(cb, ModelCheckpoint))
+    # The progress bar first (its lines come before what other callbacks say about the same
+    # event); checkpoints last (they see what every other callback decided, e.g. early stopping).
+    return sorted(callbacks, key=lambda cb: 0 if isinstance(cb, ProgressBar) else 2 if isinstance(cb, ModelCheckpoint) else 1)
 
 
 def _make_loggers(logger: bool | Any | list[Any], root_dir: str) -> list[Any]:

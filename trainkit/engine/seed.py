@@ -17,6 +17,8 @@ def seed_everything(seed: int) -> None:
 
 def set_deterministic(enabled: bool) -> None:
     """Make torch pick deterministic kernels (and fail loudly on ops that have none)."""
+    if enabled == torch.are_deterministic_algorithms_enabled():
+        return  # nothing to change (and setting it imports torch._inductor: ~1 s at start-up)
     if enabled:
         # cuBLAS needs a fixed workspace to be deterministic; must be set before CUDA starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

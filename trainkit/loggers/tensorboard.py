@@ -9,6 +9,7 @@ class TensorBoardLogger:
         self.save_dir = save_dir
         self.flush_secs = flush_secs
         self._writer = None
+        self._params: dict[str, Any] | None = None
 
     @property
     def writer(self):
@@ -21,15 +22,25 @@ class TensorBoardLogger:
         return self._writer
 
     def log_hyperparams(self, params: dict[str, Any]) -> None:
+        # Kept until the first metrics are written, so that start-up does not wait for the
+        # tensorboard import.
+        self._params = params
+
+    def _write_params(self) -> None:
         import yaml
 
-        self.writer.add_text("config", "```\n" + yaml.safe_dump(params, sort_keys=False) + "\n```")
+        self.writer.add_text("config", "```\n" + yaml.safe_dump(self._params, sort_keys=False) + "\n```")
+        self._params = None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._params is not None:
+            self._write_params()
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, global_step=step)
 
     def finalize(self, status: str) -> None:
+        if self._params is not None:
+            self._write_params()
         if self._writer is not None:
             self._writer.flush()
             self._writer.close()

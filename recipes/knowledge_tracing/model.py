@@ -33,9 +33,18 @@ class DKT(TrainModule):
 
     def forward(self, skills: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
         """Logits [B, T-1]: entry t predicts the answer at step t+1 from steps 0..t."""
-        hidden, _ = self.lstm(self.embed(skills + self.num_skills * correct))
+        hidden = self._lstm(self.embed(skills + self.num_skills * correct))
         logits = self.head(self.dropout(hidden))[:, :-1]
         return logits.gather(-1, skills[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+    def _lstm(self, x: torch.Tensor) -> torch.Tensor:
+        # oneDNN has no fp16 LSTM kernel on most CPUs ("could not create a primitive descriptor"):
+        # under CPU fp16 autocast (precision=16-mixed) the LSTM runs in fp32; everything else,
+        # and every GPU and bf16 run, keeps the autocast dtype.
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16:
+            with torch.autocast("cpu", enabled=False):
+                return self.lstm(x.float())[0]
+        return self.lstm(x)[0]
 
     def _targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mask = batch["mask"][:, 1:]

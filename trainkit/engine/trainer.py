@@ -460,7 +460,8 @@ def _num_batches(loader: Iterable, limit: int | float) -> int | float:
         if limit == 1.0:
             return math.inf
         raise ConfigError("a fractional limit_*_batches needs a loader with a length; use an int")
-    return int(length * limit) if limit < 1.0 else length
+    # A positive fraction takes at least one batch: 0.1 of a 5-batch loader is 1, not 0.
+    return max(1, int(length * limit)) if 0.0 < limit < 1.0 else int(length * limit)
 
 
 def _take(loader: Iterable, limit: int | float) -> Iterable[tuple[int, Any]]:

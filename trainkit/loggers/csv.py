@@ -33,19 +33,24 @@ class CSVLogger:
         if self._pending is not None:
             self._write(self._pending)
             self._pending = None
+        if not os.path.exists(self.path):  # a run that logged nothing still leaves a valid CSV
+            self._rewrite()
 
     def _write(self, row: dict[str, Any]) -> None:
         new_columns = [k for k in row if k not in self._columns]
         self._written.append(row)
         if new_columns or not os.path.exists(self.path):
             self._columns.extend(new_columns)
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            tmp = self.path + ".tmp"
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self._columns)
-                writer.writeheader()
-                writer.writerows(self._written)
-            os.replace(tmp, self.path)
+            self._rewrite()
         else:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self._columns).writerow(row)
+
+    def _rewrite(self) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._columns)
+            writer.writeheader()
+            writer.writerows(self._written)
+        os.replace(tmp, self.path)

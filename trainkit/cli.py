@@ -130,7 +130,7 @@ def _where(exc: BaseException) -> str:
     """`ExcType: message (at file:line in function)` for the innermost frame of the project."""
     frames = traceback.extract_tb(exc.__traceback__)
     root = str(Path(__file__).resolve().parent.parent)
-    ours = [f for f in frames if f.filename.startswith(root)] or frames
+    ours = [f for f in frames if f.filename.startswith(root + os.sep)] or frames
     place = f" (at {os.path.relpath(ours[-1].filename, root)}:{ours[-1].lineno} in {ours[-1].name})" if ours else ""
     return f"training failed: {type(exc).__name__}: {exc}{place}"
 

@@ -117,8 +117,6 @@ def check_values(cfg: DictConfig) -> None:
         )
     if t.gradient_clip_algorithm not in ("norm", "value"):
         raise ConfigError(f"trainer.gradient_clip_algorithm={t.gradient_clip_algorithm!r} must be 'norm' or 'value'")
-    if cfg.command != "fit" and cfg.ckpt_path is not None and not isinstance(cfg.ckpt_path, str):
-        raise ConfigError("ckpt_path must be a path to a checkpoint file")
 
 
 def target_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:

@@ -264,3 +264,21 @@ def test_log_needs_a_scalar():
 
     with pytest.raises(ValueError, match="needs a scalar"):
         quiet_trainer(max_steps=1).fit(Bad(), train_dataloaders=DataLoader(make_data(), batch_size=8))
+
+
+def test_seed_and_deterministic_make_runs_repeat_exactly():
+    def run():
+        module = Regressor()
+        loader = DataLoader(make_data(), batch_size=16, shuffle=True)
+        quiet_trainer(max_steps=20, seed=5, deterministic=True).fit(module, train_dataloaders=loader)
+        assert torch.are_deterministic_algorithms_enabled()
+        return module
+
+    seed_everything(1)
+    a = run()
+    seed_everything(1)
+    b = run()
+    quiet_trainer(max_steps=1).fit(Regressor(), train_dataloaders=DataLoader(make_data(), batch_size=16))
+    assert not torch.are_deterministic_algorithms_enabled()  # the next run's setting wins
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)

@@ -208,8 +208,8 @@ class Trainer:
             datamodule.prepare_data()
             datamodule.setup(stage)
         self.model = self.strategy.setup_module(self.precision.convert_module(module))
-        if self.compile:
-            module.compile()
+        if self.compile and getattr(module, "_compiled_call_impl", None) is None:
+            module.compile()  # in place: the module keeps its identity and state_dict keys
         # Per-batch hooks are looked up once: a callback that does not override a hook costs
         # nothing inside the step.
         self._batch_hooks = {

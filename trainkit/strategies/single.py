@@ -11,9 +11,6 @@ from trainkit.engine.tensors import apply_to_tensors
 
 
 class SingleDeviceStrategy:
-    world_size = 1
-    global_rank = 0
-    local_rank = 0
     is_global_zero = True
 
     def __init__(self, device: torch.device) -> None:
@@ -41,15 +38,6 @@ class SingleDeviceStrategy:
             nn.utils.clip_grad_value_(parameters, max_norm)
             return None
         return nn.utils.clip_grad_norm_(parameters, max_norm)
-
-    def reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-        return tensor
-
-    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
-    def barrier(self) -> None:
-        pass
 
     def teardown(self) -> None:
         pass

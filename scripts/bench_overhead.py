@@ -1,6 +1,6 @@
 """What trainkit costs over a hand-written torch loop: per step, at start-up, and for --help.
 
-    python scripts/bench_overhead.py                 # all of it (about 3 minutes on 2 cores)
+    python scripts/bench_overhead.py                 # all of it (about 5 minutes on 2 cores)
     python scripts/bench_overhead.py --repeats 3 --skip-startup
 
 Per step: in one process, alternating runs of (1) a hand-written loop, (2) trainkit.Trainer
@@ -9,7 +9,10 @@ TensorBoard loggers, progress output, checkpoint each epoch), on
   (a) a tiny MLP: Linear 32->32 layers, batch 64, 2000 steps, and
   (b) the recipe's DKT: 110 skills, batch 32, length 100, 200 steps.
 Both sides build their optimizer inside the timed region and the trainkit module logs its loss
-every step, as a recipe does. Medians over the repeats; ratios to the hand-written loop.
+every step, as a recipe does. Timed as the process's CPU time, which a noisy machine disturbs
+less than wall time; each round runs the three variants back to back (in rotated order) and the
+ratio printed is the median over rounds of each round's ratio to its own hand-written run, so
+slow drifts of the machine cancel.
 Targets: MLP stripped <= 1.05x, defaults <= 1.10x; DKT defaults <= 1.03x.
 
 Start-up: wall time from process start to the end of the first training step of the default
@@ -38,6 +41,9 @@ from trainkit import Callback, Trainer, TrainModule  # noqa: E402
 
 
 # -- the per-step comparison ---------------------------------------------------------------------
+# CPU time of this process: unlike wall time, it does not count the moments a busy (virtual)
+# machine gives the core to someone else.
+_clock = time.process_time
 class MLP(TrainModule):
     def __init__(self, width: int = 32, depth: int = 2) -> None:
         super().__init__()
@@ -97,7 +103,7 @@ def dkt_case(steps: int):
 def run_hand_written(make_model, batches, loss_fn, steps) -> float:
     torch.manual_seed(0)
     model = make_model()
-    start = time.perf_counter()
+    start = _clock()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     done = 0
     while done < steps:
@@ -108,13 +114,13 @@ def run_hand_written(make_model, batches, loss_fn, steps) -> float:
             done += 1
             if done == steps:
                 break
-    return time.perf_counter() - start
+    return _clock() - start
 
 
 def run_trainkit(make_model, batches, loss_fn, steps, defaults: bool, root: str) -> float:
     torch.manual_seed(0)
     model = make_model()
-    start = time.perf_counter()
+    start = _clock()
     trainer = Trainer(
         accelerator="cpu",
         max_steps=steps,
@@ -124,7 +130,7 @@ def run_trainkit(make_model, batches, loss_fn, steps, defaults: bool, root: str)
         default_root_dir=tempfile.mkdtemp(dir=root),
     )
     trainer.fit(model, train_dataloaders=batches)
-    return time.perf_counter() - start
+    return _clock() - start
 
 
 def bench_steps(repeats: int) -> None:
@@ -133,23 +139,23 @@ def bench_steps(repeats: int) -> None:
     with tempfile.TemporaryDirectory() as root:
         for name, (make_model, batches, loss_fn, steps) in cases.items():
             times: dict[str, list[float]] = {"hand-written": [], "trainkit stripped": [], "trainkit defaults": []}
+            runs = {
+                "hand-written": lambda: run_hand_written(make_model, batches, loss_fn, steps),
+                "trainkit stripped": lambda: run_trainkit(make_model, batches, loss_fn, steps, False, root),
+                "trainkit defaults": lambda: run_trainkit(make_model, batches, loss_fn, steps, True, root),
+            }
             for rep in range(repeats + 1):  # the first round warms caches and imports; not counted
-                runs = {
-                    "hand-written": lambda: run_hand_written(make_model, batches, loss_fn, steps),
-                    "trainkit stripped": lambda: run_trainkit(make_model, batches, loss_fn, steps, False, root),
-                    "trainkit defaults": lambda: run_trainkit(make_model, batches, loss_fn, steps, True, root),
-                }
                 order = list(runs)
                 order = order[rep % 3 :] + order[: rep % 3]  # rotate: no variant always runs first
                 for variant in order:
                     elapsed = runs[variant]()
                     if rep:
                         times[variant].append(elapsed)
-            base = statistics.median(times["hand-written"])
             print(f"\n{name}")
             for variant, values in times.items():
-                med = statistics.median(values)
-                print(f"  {variant:<18} {med / steps * 1e6:9.1f} us/step   {med / base:6.3f}x")
+                ratios = [v / h for v, h in zip(values, times["hand-written"])]
+                print(f"  {variant:<18} {statistics.median(values) / steps * 1e6:9.1f} us/step   "
+                      f"{statistics.median(ratios):6.3f}x  (rounds: {min(ratios):.3f}-{max(ratios):.3f})")
 
 
 # -- start-up ------------------------------------------------------------------------------------
@@ -220,7 +226,7 @@ def bench_startup(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is the steadiest to measure)")
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--skip-startup", action="store_true")

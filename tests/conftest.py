@@ -21,7 +21,7 @@ def _private_cache(tmp_path_factory):
     yield
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real `trainkit` console entry, in a fresh process (stdout is not a TTY)."""
     return subprocess.run(
         [sys.executable, "-m", "trainkit", *args],
@@ -29,5 +29,5 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )

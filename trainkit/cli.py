@@ -3,10 +3,13 @@
     trainkit fit                                   # the default recipe
     trainkit fit model.hidden_size=128 optimizer.lr=3e-3
     trainkit fit --cfg job                         # print the composed config, run nothing
-    trainkit test ckpt_path=outputs/.../checkpoints/last.pt
+    trainkit fit trainer.resume=auto hydra.run.dir=outputs/<model>/<run>    # continue a stopped run
+    trainkit test trainer.resume=outputs/<model>/<run>/checkpoints/last
+    trainkit export outputs/<model>/<run>/checkpoints/last model.pt          # plain state_dict
 
 Nothing here imports torch: `--help` and `--cfg job` stay fast. Exit codes: 0 done, 2 bad config
-or input (the message names the key or file and the fix), 1 training failed, 130 interrupted.
+or input (the message names the key or file and the fix), 1 training failed, 128 + N stopped by
+signal N after saving a checkpoint (143 for SIGTERM, 130 for Ctrl-C).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from trainkit.choices import COMMANDS
-from trainkit.errors import UserError
+from trainkit.errors import Interrupted, UserError
 
 CONFIG_DIR = Path(os.environ.get("TRAINKIT_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
 RUN_ID = secrets.token_hex(3)  # one per process: two runs started in the same second differ
@@ -34,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return EXIT_OK
     command, overrides = argv[0], [_quote_group_option(a) for a in argv[1:]]
+    if command == "export":
+        return _export(overrides, debug)
     if command not in COMMANDS:
-        return _fail(EXIT_BAD_INPUT, f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)} "
+        return _fail(EXIT_BAD_INPUT, f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}, export "
                      "(trainkit --help lists them)")
     # Hydra re-raises instead of printing its own report; we print one short message instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -83,7 +88,28 @@ def _quote_group_option(arg: str) -> str:
     return arg
 
 
+def _export(args: list[str], debug: bool) -> int:
+    if len(args) != 2 or any(a.startswith("-") for a in args):
+        return _fail(EXIT_BAD_INPUT, "usage: trainkit export <checkpoint> <output file>")
+    from trainkit import checkpoint
+
+    path = checkpoint.resolve(args[0])
+    problem = checkpoint.verify(path)
+    if problem is not None:
+        return _fail(EXIT_BAD_INPUT, f"cannot export: {problem}")
+    try:
+        count = checkpoint.export_model(path, args[1])
+    except UserError as exc:
+        return _fail(EXIT_BAD_INPUT, str(exc), debug, exc)
+    print(f"wrote {args[1]}: the model's state_dict ({count} tensors) from {path}")
+    return EXIT_OK
+
+
 def _report_failure(exc: BaseException, run_dir: str | None, debug: bool) -> int:
+    if isinstance(exc, Interrupted):
+        resume = f"; resume with: trainkit fit trainer.resume=auto hydra.run.dir={run_dir}" if run_dir else ""
+        print(f"trainkit: {exc}{resume}", file=sys.stderr)
+        return 128 + exc.signum
     if isinstance(exc, UserError):
         code, message = EXIT_BAD_INPUT, str(exc)
     else:
@@ -139,12 +165,14 @@ def usage() -> str:
     groups = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
     lines = [
         "usage: trainkit {fit,validate,test,predict} [key=value ...] [group=option ...] [--cfg job] [-m] [--debug]",
+        "       trainkit export <checkpoint> <file>",
         "",
         "commands:",
         "  fit        train the model (validating as it goes)",
-        "  validate   evaluate on the validation split (ckpt_path=... to load weights)",
-        "  test       evaluate on the test split (ckpt_path=...)",
-        "  predict    write predictions.pt for the predict split (ckpt_path=...)",
+        "  validate   evaluate on the validation split (trainer.resume=<checkpoint> loads its weights)",
+        "  test       evaluate on the test split (trainer.resume=<checkpoint>)",
+        "  predict    write predictions.pt for the predict split (trainer.resume=<checkpoint>)",
+        "  export     write a checkpoint's model weights as a plain state_dict file",
         "",
         "config groups (pick one with group=option):",
     ]
@@ -158,7 +186,8 @@ def usage() -> str:
         "  trainkit fit model.hidden_size=128 optimizer.lr=3e-3 precision=bf16-mixed",
         "  trainkit fit --cfg job                         print the composed config",
         "  trainkit fit -m optimizer.lr=1e-3,3e-3         a sweep (Hydra multirun)",
-        "  trainkit test ckpt_path=outputs/<run>/checkpoints/last.pt",
+        "  trainkit fit trainer.resume=auto hydra.run.dir=outputs/<model>/<run>   continue a stopped run",
+        "  trainkit test trainer.resume=outputs/<model>/<run>/checkpoints/last",
         "",
         "trainkit <command> --help shows Hydra's options.",
     ]

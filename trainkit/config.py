@@ -48,6 +48,10 @@ class TrainerConfig:
     deterministic: bool = False
     compile: bool = False
     log_every_n_steps: int = 50
+    checkpoint_every_n_steps: Optional[int] = None
+    resume: str = "auto"  # auto: <run_dir>/checkpoints/last if there is one; none; or a checkpoint path
+    resume_strict: bool = True  # refuse a resume whose settings would not continue the run exactly
+    detect_anomaly: bool = False  # torch.autograd anomaly mode: finds the op that made a NaN (slow)
 
 
 @dataclass
@@ -66,7 +70,6 @@ class PrecisionConfig:
 class RunConfig:
     command: str = "fit"
     run_dir: str = MISSING
-    ckpt_path: Optional[str] = None  # validate/test/predict: weights to load
     model: Any = MISSING
     datamodule: Any = MISSING
     optimizer: Any = MISSING
@@ -115,6 +118,8 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.val_check_interval={v!r} must be an int >= 1 (batches) or a float in (0, 1] (fraction of an epoch)"
         )
+    if t.checkpoint_every_n_steps is not None and t.checkpoint_every_n_steps < 1:
+        raise ConfigError(f"trainer.checkpoint_every_n_steps={t.checkpoint_every_n_steps} must be >= 1 (or null)")
     if t.gradient_clip_algorithm not in ("norm", "value"):
         raise ConfigError(f"trainer.gradient_clip_algorithm={t.gradient_clip_algorithm!r} must be 'norm' or 'value'")
 

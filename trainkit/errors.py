@@ -16,3 +16,15 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data file is missing or malformed. The message names the file (and line)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint (exit code 128 + the signal)."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,8 +27,38 @@ def run_composed(command: str, cfg: DictConfig) -> dict[str, float]:
     cfg.run_dir = run_dir
     os.makedirs(run_dir, exist_ok=True)
     config_path = os.path.join(run_dir, "config.yaml")
+    _keep_previous_config(config_path, cfg)
     OmegaConf.save(cfg, config_path)
     return run_worker(config_path)
+
+
+def _keep_previous_config(path: str, cfg: DictConfig) -> None:
+    """A run directory reused (to resume, or for another command) keeps every config it ran with."""
+    if os.path.exists(path) and OmegaConf.load(path) != cfg:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(os.path.getmtime(path)))
+        os.replace(path, os.path.join(os.path.dirname(path), f"config.{stamp}.yaml"))
+
+
+def exactness_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The config values a resumed run must share with its checkpoint to continue it exactly."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}", value)
+        else:
+            flat[prefix] = node
+
+    container = OmegaConf.to_container(cfg)
+    for group in ("model", "datamodule", "optimizer", "scheduler"):
+        walk(group, container.get(group) or {})
+    for key in ("num_workers", "cache_dir"):  # change the speed, not the numbers
+        flat.pop(f"datamodule.{key}", None)
+    flat["trainer.seed"] = cfg.trainer.seed
+    flat["trainer.limit_train_batches"] = cfg.trainer.limit_train_batches
+    flat["precision.mode"] = str(cfg.precision.mode)
+    return flat
 
 
 def run_worker(config_path: str) -> dict[str, float]:
@@ -71,6 +102,7 @@ def run_worker(config_path: str) -> dict[str, float]:
         default_root_dir=run_dir,
         optimizer=instantiate(cfg.optimizer) if cfg.optimizer else None,
         scheduler=instantiate(cfg.scheduler) if cfg.scheduler else None,
+        hparams=exactness_settings(cfg),
     )
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg))
@@ -80,23 +112,15 @@ def run_worker(config_path: str) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule)
         results = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}
         _report("final validation", results)
+    elif command == "predict":
+        predictions = trainer.predict(model, datamodule=datamodule)
+        out = os.path.join(run_dir, "predictions.pt")
+        torch.save(predictions, out)
+        log.info("predictions: %s (%d batches)", out, len(predictions))
+        results = {}
     else:
-        if cfg.ckpt_path:
-            from trainkit.callbacks.model_checkpoint import load_checkpoint
-
-            model.load_state_dict(load_checkpoint(cfg.ckpt_path)["model"])
-            log.info("loaded weights from %s", cfg.ckpt_path)
-        else:
-            log.warning("no ckpt_path given: %s runs on freshly initialised weights", command)
-        if command == "predict":
-            predictions = trainer.predict(model, datamodule=datamodule)
-            out = os.path.join(run_dir, "predictions.pt")
-            torch.save(predictions, out)
-            log.info("predictions: %s (%d batches)", out, len(predictions))
-            results = {}
-        else:
-            results = getattr(trainer, command)(model, datamodule=datamodule)[0]
-            _report(command, results)
+        results = getattr(trainer, command)(model, datamodule=datamodule)[0]
+        _report(command, results)
     log.info("run directory: %s", run_dir)
     return results
 

@@ -46,19 +46,24 @@ def test_fit_then_test_and_predict_from_its_checkpoint(tmp_path):
     assert list(run.glob("events.out.tfevents.*"))
     assert "final validation" in (run / "trainkit.log").read_text()
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert "last.pt" in ckpts and any("step=" in n for n in ckpts)
-    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert state["global_step"] > 0
+    assert "last" in ckpts and any("step=" in n for n in ckpts)
+    state = torch.load(run / "checkpoints" / "last" / "trainer.pt", weights_only=True)
+    assert state["progress"]["global_step"] > 0
 
-    last = run / "checkpoints" / "last.pt"
-    result = run_cli("test", *SMALL_DATA, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'test'}")
+    last = run / "checkpoints" / "last"
+    result = run_cli("test", *SMALL_DATA, f"trainer.resume={last}", f"hydra.run.dir={tmp_path / 'test'}")
     assert result.returncode == 0, result.stderr
-    assert "test/auc=" in result.stdout and f"loaded weights from {last}" in result.stdout
+    assert "test/auc=" in result.stdout and f"loaded weights from {last.resolve()}" in result.stdout
 
-    result = run_cli("predict", *SMALL_DATA, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'predict'}")
+    result = run_cli("predict", *SMALL_DATA, f"trainer.resume={last}", f"hydra.run.dir={tmp_path / 'predict'}")
     assert result.returncode == 0, result.stderr
     predictions = torch.load(tmp_path / "predict" / "predictions.pt", weights_only=True)
     assert predictions and predictions[0]["prob"].shape == predictions[0]["mask"].shape
+
+    result = run_cli("export", str(last), str(tmp_path / "weights.pt"))
+    assert result.returncode == 0, result.stderr
+    weights = torch.load(tmp_path / "weights.pt", weights_only=True)
+    assert {"embed.weight", "lstm.weight_ih_l0", "head.weight"} <= set(weights)
 
 
 BAD_INPUT = [
@@ -70,11 +75,10 @@ BAD_INPUT = [
     (["datamodule.path=/no/such/folder"], "/no/such/folder", "kt_lines"),
     (["trainer.limit_train_batches=2.5"], "trainer.limit_train_batches", "int"),
     (["precision=fp8"], "precision=fp8 is not an option", "bf16-mixed"),
-    (["ckpt_path=/no/such.pt", "trainer.max_epochs=1"], "", ""),  # fit ignores ckpt_path: runs
 ]
 
 
-@pytest.mark.parametrize("overrides,must_say,fix", BAD_INPUT[:-1], ids=[b[0][0] for b in BAD_INPUT[:-1]])
+@pytest.mark.parametrize("overrides,must_say,fix", BAD_INPUT, ids=[b[0][0] for b in BAD_INPUT])
 def test_bad_input_exits_2_with_one_short_message(overrides, must_say, fix, tmp_path):
     result = run_cli("fit", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2, result.stdout + result.stderr
@@ -84,15 +88,15 @@ def test_bad_input_exits_2_with_one_short_message(overrides, must_say, fix, tmp_
 
 
 def test_missing_checkpoint_exits_2(tmp_path):
-    result = run_cli("test", *SMALL_DATA, "ckpt_path=/no/such/last.pt", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 2 and "checkpoint not found: /no/such/last.pt" in result.stderr
+    result = run_cli("test", *SMALL_DATA, "trainer.resume=/no/such/last", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and "trainer.resume=/no/such/last: /no/such/last does not exist" in result.stderr
 
 
-def test_corrupt_checkpoint_exits_2(tmp_path):
-    bad = tmp_path / "last.pt"
-    bad.write_bytes(b"not a checkpoint")
-    result = run_cli("test", *SMALL_DATA, f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode == 2 and f"checkpoint {bad} cannot be read" in result.stderr
+def test_export_of_a_damaged_checkpoint_exits_2(tmp_path):
+    bad = tmp_path / "step=3"
+    bad.mkdir()
+    result = run_cli("export", str(bad), str(tmp_path / "w.pt"))
+    assert result.returncode == 2 and "has no MANIFEST.json" in result.stderr
 
 
 def test_a_crash_in_training_exits_1_and_says_where(tmp_path):
@@ -106,7 +110,7 @@ def test_a_crash_in_training_exits_1_and_says_where(tmp_path):
 
 def test_unknown_command_exits_2():
     result = run_cli("train")
-    assert result.returncode == 2 and "choose one of: fit, validate, test, predict" in result.stderr
+    assert result.returncode == 2 and "choose one of: fit, validate, test, predict, export" in result.stderr
 
 
 def test_two_runs_in_the_same_second_get_different_directories():

@@ -228,6 +228,8 @@ def test_gradient_clipping_bounds_the_norm_seen_by_the_optimizer():
 
 
 def test_early_stopping_and_checkpoints(tmp_path):
+    from trainkit import checkpoint
+
     loader = DataLoader(make_data(n=64), batch_size=16)
     module = Regressor(lr=0.0)  # never improves: early stopping must end the run
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val/loss", mode="min", save_top_k=2)
@@ -235,12 +237,17 @@ def test_early_stopping_and_checkpoints(tmp_path):
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
     assert trainer.current_epoch == 3  # best at epoch 0, then two epochs without improvement
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert "last.pt" in names and len(names) == 3, names  # top-2 + last
-    assert all("step=" in n for n in names if n != "last.pt")
-    state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
-    assert state["global_step"] == trainer.global_step == 12
+    # the best two (ties keep the earliest) and the newest; `last` points at the newest
+    assert names == ["epoch=0-step=4-val_loss=4.7955", "epoch=1-step=8-val_loss=4.7955",
+                     "epoch=2-step=12-val_loss=4.7955", "last"], names
+    assert (tmp_path / "ckpt" / "last").resolve().name == "epoch=2-step=12-val_loss=4.7955"
+    assert ckpt.best_model_path.endswith("epoch=0-step=4-val_loss=4.7955")
+    state = torch.load(tmp_path / "ckpt" / "last" / "trainer.pt", weights_only=True)
+    assert state["progress"]["global_step"] == trainer.global_step == 12
+    fresh = Regressor()
+    checkpoint.load_model_weights(str(tmp_path / "ckpt" / "last"), fresh)
     for name, value in module.state_dict().items():
-        assert torch.equal(state["model"][name], value)
+        assert torch.equal(fresh.state_dict()[name], value)
 
 
 def test_csv_logger_merges_a_step_into_one_row_at_full_precision(tmp_path):

@@ -1,10 +1,12 @@
-"""Save model + optimizer + counters to `<dirpath>/epoch=<E>-step=<N>.pt`, and `last.pt`.
+"""When to save and what to keep; `trainkit.checkpoint` does the writing.
 
-Without `monitor`, it keeps the newest `save_top_k` checkpoints (saved every `every_n_epochs`
-epochs and/or every `every_n_train_steps` steps); with `monitor`, it saves after each validation
-and keeps the best `save_top_k`. Each file is written to a temporary name and renamed, and
-`last.pt` is a hard link swapped in atomically, so a kill never leaves a half-written file under
-a real name. Files hold only tensors and plain types: `torch.load(..., weights_only=True)` reads them.
+Saves a complete checkpoint (model, optimizer, scheduler, scaler, callbacks, counters, data
+position, RNG) every `every_n_train_steps` optimizer steps, at the end of every `every_n_epochs`
+epochs, and — when `monitor` is set — after each validation, keeping the best `save_top_k` by that
+metric. The newest checkpoint is always kept and `checkpoints/last` points at it. Old ones are
+deleted only after a new one is published.
+
+Names: `epoch=<E>-step=<N>`, with `-<metric>=<value>` for monitored saves.
 """
 from __future__ import annotations
 
@@ -12,8 +14,6 @@ import logging
 import math
 import os
 from typing import Any
-
-import torch
 
 from trainkit.engine.callback import Callback
 from trainkit.errors import ConfigError
@@ -28,30 +28,35 @@ class ModelCheckpoint(Callback):
         monitor: str | None = None,
         mode: str = "min",
         save_top_k: int = 1,
-        save_last: bool = True,
-        every_n_epochs: int = 1,
+        every_n_epochs: int | None = 1,
         every_n_train_steps: int | None = None,
     ) -> None:
         if mode not in ("min", "max"):
             raise ConfigError(f"callbacks.model_checkpoint.mode={mode!r} must be 'min' or 'max'")
+        if save_top_k < 0:
+            raise ConfigError(f"callbacks.model_checkpoint.save_top_k={save_top_k} must be >= 0")
         self.dirpath = dirpath
-        self.monitor, self.mode = monitor, mode
-        self.save_top_k, self.save_last = save_top_k, save_last
+        self.monitor, self.mode, self.save_top_k = monitor, mode, save_top_k
         self.every_n_epochs, self.every_n_train_steps = every_n_epochs, every_n_train_steps
-        self.kept: list[tuple[float, str]] = []  # (score, path), best first when monitoring
-        self.best_model_path: str | None = None
-        self.last_model_path: str | None = None
+        # (step, path, monitored value or None) of every checkpoint this callback keeps.
+        self.saved: list[tuple[int, str, float | None]] = []
         self._last_saved_step = -1
 
-    # -- when to save ----------------------------------------------------------------------------
+    @property
+    def best_model_path(self) -> str | None:
+        scored = self._best()
+        return scored[0][1] if scored else None
+
+    # -- when ------------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         n = self.every_n_train_steps
-        if n and trainer.global_step % n == 0 and trainer.global_step != self._last_saved_step:
-            self._save(trainer, module, score=None)
+        if n and trainer.global_step % n == 0:
+            self.save(trainer)
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        if self.monitor is None and self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._save(trainer, module, score=None)
+        n = self.every_n_epochs
+        if n and (trainer.current_epoch + 1) % n == 0:
+            self.save(trainer)
 
     def on_validation_end(self, trainer, module) -> None:
         if self.monitor is None or trainer.state.stage != "fit":
@@ -61,93 +66,42 @@ class ModelCheckpoint(Callback):
                 f"checkpoint monitor {self.monitor!r} was not logged; logged: "
                 f"{', '.join(sorted(trainer.callback_metrics)) or 'nothing'}"
             )
-        self._save(trainer, module, score=trainer.callback_metrics[self.monitor])
-
-    def on_fit_end(self, trainer, module) -> None:
-        if self.save_last and trainer.global_step != self._last_saved_step and trainer.global_step > 0:
-            self._save(trainer, module, score=None, keep=False)
+        self.save(trainer, score=trainer.callback_metrics[self.monitor])
 
     # -- how -------------------------------------------------------------------------------------
-    def _save(self, trainer, module, score: float | None, keep: bool = True) -> None:
-        if self._last_saved_step == trainer.global_step and score is None:
-            return
-        os.makedirs(self.dirpath, exist_ok=True)
+    def save(self, trainer, score: float | None = None) -> str | None:
+        """Save at the current step unless this step is saved already; then apply retention."""
+        if trainer.global_step == self._last_saved_step or trainer.global_step == 0:
+            return None
         name = f"epoch={trainer.current_epoch}-step={trainer.global_step}"
-        if self.monitor is not None and score is not None:
+        if score is not None:
             name += f"-{self.monitor.replace('/', '_')}={score:.4f}"
-        path = os.path.join(self.dirpath, name + ".pt")
-        if trainer.is_global_zero:
-            _atomic_save(_checkpoint(trainer, module), path)
-            if self.save_last:
-                _atomic_link(path, os.path.join(self.dirpath, "last.pt"))
-                self.last_model_path = os.path.join(self.dirpath, "last.pt")
-        self._last_saved_step = trainer.global_step
-        if keep:
-            self._retain(path, score)
-        elif trainer.is_global_zero and not self.save_last:
-            os.remove(path)
+        self._last_saved_step = trainer.global_step  # part of the saved state: a resumed run does not save it twice
+        self.saved.append((trainer.global_step, os.path.join(self.dirpath, name), score))
+        path = trainer.save_checkpoint(name)
         log.debug("saved checkpoint %s", path)
+        if trainer.is_global_zero:
+            self._retain()
+        return path
 
-    def _retain(self, path: str, score: float | None) -> None:
-        if self.monitor is None or score is None:
-            self.kept.append((0.0, path))  # newest last
-        else:
-            bad = math.inf if self.mode == "min" else -math.inf
-            key = score if math.isfinite(score) else bad
-            self.kept.append((key, path))
-            self.kept.sort(key=lambda kv: kv[0], reverse=self.mode == "max")
-            self.best_model_path = self.kept[0][1]
-        while self.save_top_k >= 0 and len(self.kept) > self.save_top_k:
-            drop = self.kept.pop(0 if self.monitor is None else -1)[1]
-            if os.path.exists(drop):
-                os.remove(drop)  # `last.pt` is a hard link: removing the name keeps its data
+    def _best(self) -> list[tuple[int, str, float | None]]:
+        scored = [s for s in self.saved if s[2] is not None]
+        bad = math.inf if self.mode == "min" else -math.inf
+        return sorted(scored, key=lambda s: s[2] if math.isfinite(s[2]) else bad, reverse=self.mode == "max")
+
+    def _retain(self) -> None:
+        from trainkit import checkpoint
+
+        newest = max(self.saved, key=lambda s: s[0])
+        keep = {newest[1]} | {path for _, path, _ in self._best()[: self.save_top_k]}
+        for entry in [s for s in self.saved if s[1] not in keep]:
+            self.saved.remove(entry)
+            if os.path.isdir(entry[1]):
+                checkpoint.remove(entry[1])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kept": [list(kv) for kv in self.kept], "best_model_path": self.best_model_path}
+        return {"saved": [list(s) for s in self.saved], "last_saved_step": self._last_saved_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.kept = [tuple(kv) for kv in state["kept"]]
-        self.best_model_path = state["best_model_path"]
-
-
-def _checkpoint(trainer, module) -> dict[str, Any]:
-    return {
-        "model": module.state_dict(),
-        "optimizer": trainer.optimizer.state_dict() if trainer.optimizer is not None else None,
-        "lr_scheduler": trainer.lr_scheduler.state_dict() if trainer.lr_scheduler is not None else None,
-        "precision": trainer.precision.state_dict(),
-        "global_step": trainer.global_step,
-        "epoch": trainer.current_epoch,
-        "metrics": dict(trainer.callback_metrics),
-    }
-
-
-def _atomic_save(obj: Any, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_link(target: str, link: str) -> None:
-    tmp = link + ".tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    os.link(target, tmp)
-    os.replace(tmp, link)
-
-
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Read a checkpoint written by ModelCheckpoint, as plain data (no code runs)."""
-    from trainkit.errors import UserError
-
-    if os.path.isdir(path):
-        path = os.path.join(path, "last.pt")
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which, not how pickle failed
-        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}); is it complete?") from exc
+        self.saved = [tuple(s) for s in state["saved"]]
+        self._last_saved_step = state["last_saved_step"]

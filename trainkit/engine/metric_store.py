@@ -12,7 +12,7 @@ import torch
 class MetricStore:
     def __init__(self) -> None:
         self.training = True  # the Trainer flips this: it decides the on_step/on_epoch defaults
-        self.step_values: dict[str, torch.Tensor] = {}
+        self.step_values: dict[str, torch.Tensor | float] = {}
         # Training and evaluation keep separate epoch sums: a validation inside a training
         # epoch must not flush (or mix into) the training epoch's means.
         self._epoch_sums: dict[bool, dict[str, tuple[torch.Tensor, float]]] = {True: {}, False: {}}
@@ -31,11 +31,12 @@ class MetricStore:
         on_epoch: bool | None = None,
         batch_size: int | None = None,
     ) -> None:
-        if not isinstance(value, torch.Tensor):
-            value = torch.tensor(float(value))
-        value = value.detach()
-        if value.numel() != 1:
-            raise ValueError(f"self.log({name!r}, ...) needs a scalar, got a tensor of shape {tuple(value.shape)}")
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            if value.numel() != 1:
+                raise ValueError(f"self.log({name!r}, ...) needs a scalar, got a tensor of shape {tuple(value.shape)}")
+        else:
+            value = float(value)  # a python number stays one: no tensor to make
         if on_step is None:
             on_step = self.training
         if on_epoch is None:
@@ -48,7 +49,7 @@ class MetricStore:
             weight = float(batch_size or 1)
             sums = self._epoch_sums[self.training]
             total, count = sums.get(name, (0.0, 0.0))
-            sums[name] = (total + value.double() * weight, count + weight)
+            sums[name] = (total + (value.double() if isinstance(value, torch.Tensor) else value) * weight, count + weight)
 
     def read_step(self) -> dict[str, float]:
         """Floats of the step values logged since the last read (syncs the device once)."""
@@ -75,3 +76,10 @@ class MetricStore:
             elif name in self.callback_metrics:
                 values[name] = self.callback_metrics[name]
         return values
+
+    def state_dict(self) -> dict[str, list[float]]:
+        """The training epoch's running sums (a resumed epoch reports the same means)."""
+        return {name: [float(total), count] for name, (total, count) in self._epoch_sums[True].items()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self._epoch_sums[True] = {name: (torch.tensor(total, dtype=torch.float64), count) for name, (total, count) in state.items()}

@@ -10,11 +10,13 @@ strategy or precision it has: it calls their methods.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
 import os
 import secrets
+import signal
 import time
 from typing import Any, Callable, Iterable
 
@@ -24,10 +26,12 @@ from trainkit.engine.callback import Callback, overrides
 from trainkit.engine.data import DataModule
 from trainkit.engine.metric_store import MetricStore
 from trainkit.engine.module import TrainModule
+from trainkit.engine.rng import capture_rng, restore_rng
 from trainkit.engine.seed import seed_everything, set_deterministic
 from trainkit.engine.state import TrainState
-from trainkit.errors import ConfigError, UserError
+from trainkit.errors import ConfigError, Interrupted, NonFiniteLossError, UserError
 from trainkit.precision import Precision
+from trainkit.signals import StopSignals
 from trainkit.strategies import make_strategy
 
 log = logging.getLogger("trainkit")
@@ -57,6 +61,11 @@ class Trainer:
         deterministic: bool = False,
         compile: bool = False,
         log_every_n_steps: int = 50,
+        checkpoint_every_n_steps: int | None = None,
+        resume: str | None = None,
+        resume_strict: bool = True,
+        detect_anomaly: bool = False,
+        hparams: dict[str, Any] | None = None,
         callbacks: list[Callback] | None = None,
         logger: bool | Any | list[Any] = True,
         enable_checkpointing: bool = True,
@@ -91,6 +100,12 @@ class Trainer:
         self.deterministic = deterministic
         self.compile = compile
         self.log_every_n_steps = max(1, log_every_n_steps)
+        self.resume = resume  # "auto", "none"/None, or a checkpoint path
+        self.resume_strict = resume_strict
+        self.detect_anomaly = detect_anomaly
+        # The settings that define this run (the CLI passes those of its config that exactness
+        # depends on); saved in every checkpoint and compared when resuming.
+        self.hparams = dict(hparams or {})
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.default_root_dir = default_root_dir or os.path.join(
@@ -100,7 +115,8 @@ class Trainer:
         self.state = TrainState()
         self.metrics = MetricStore()
         self.callbacks = _with_default_callbacks(
-            list(callbacks or []), enable_progress_bar, enable_checkpointing, self.default_root_dir
+            list(callbacks or []), enable_progress_bar, enable_checkpointing, self.default_root_dir,
+            checkpoint_every_n_steps,
         )
         self.loggers = _make_loggers(logger, self.default_root_dir) if self.is_global_zero else []
 
@@ -112,6 +128,11 @@ class Trainer:
         self.num_val_batches: int | float = 0
         self.estimated_stepping_batches: int | float = 0
         self.model: torch.nn.Module | None = None  # the module as the strategy placed it
+        self.train_dataloader: Iterable | None = None
+        self._last_val_step = -1
+        self._signals = StopSignals()
+        self._resume_position: dict[str, Any] | None = None  # data position + RNG to restore
+        self._epoch_rng: dict[str, Any] | None = None  # RNG state when this epoch's data began
 
     # -- read-only views (Lightning names) ---------------------------------------------------
     @property
@@ -142,6 +163,17 @@ class Trainer:
     def log_dir(self) -> str:
         return self.default_root_dir
 
+    @property
+    def checkpoint_callback(self) -> Any:
+        from trainkit.callbacks.model_checkpoint import ModelCheckpoint
+
+        return next((cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)), None)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        cb = self.checkpoint_callback
+        return cb.dirpath if cb is not None else os.path.join(self.default_root_dir, "checkpoints")
+
     # -- entry points --------------------------------------------------------------------------
     def fit(
         self,
@@ -157,12 +189,15 @@ class Trainer:
                 train_loader, val_loader = train_dataloaders, val_dataloaders
             if train_loader is None:
                 raise UserError("fit needs training data: pass train_dataloaders= or a datamodule")
+            self.train_dataloader = train_loader
             self.num_training_batches = _num_batches(train_loader, self.limit_train_batches)
             self.num_val_batches = _num_batches(val_loader, self.limit_val_batches) if val_loader is not None else 0
             self.estimated_stepping_batches = self._estimate_stepping_batches()
             self._configure_optimizers(module)
+            self._restore()
             self._call("on_fit_start")
-            self._fit_loop(module, train_loader, val_loader)
+            with self._signals, torch.autograd.set_detect_anomaly(self.detect_anomaly):
+                self._fit_loop(module, train_loader, val_loader)
             self._call("on_fit_end")
 
         self._run(module, datamodule, "fit", run)
@@ -208,6 +243,8 @@ class Trainer:
             datamodule.prepare_data()
             datamodule.setup(stage)
         self.model = self.strategy.setup_module(self.precision.convert_module(module))
+        if stage != "fit":
+            self._load_weights_for_evaluation()
         if self.compile and getattr(module, "_compiled_call_impl", None) is None:
             module.compile()  # in place: the module keeps its identity and state_dict keys
         # Per-batch hooks are looked up once: a callback that does not override a hook costs
@@ -310,18 +347,26 @@ class Trainer:
         )
 
     def _fit_loop(self, module: TrainModule, train_loader: Iterable, val_loader: Iterable | None) -> None:
-        self._last_val_step = -1
         while not self._fit_done():
             self._train_epoch(module, train_loader, val_loader)
             if self.lr_scheduler is not None and self.scheduler_interval == "epoch":
                 if (self.state.epoch + 1) % self.scheduler_frequency == 0:
                     self.lr_scheduler.step()
             self.state.epoch += 1
+            self.state.batch_idx = 0
 
     def _train_epoch(self, module: TrainModule, loader: Iterable, val_loader: Iterable | None) -> None:
         state, strategy, precision = self.state, self.strategy, self.precision
         module.train()
         self.metrics.training = True
+        # Resuming mid-epoch: rebuild the epoch's data order from the RNG state it started with,
+        # read past the batches already consumed (loading them, so samplers and DataLoader
+        # workers stay in step), then continue from the RNG state of the checkpoint.
+        resume, self._resume_position = self._resume_position, None
+        skip = resume["batch_idx"] if resume else 0
+        if resume:
+            restore_rng(resume["epoch_rng"] if skip else resume["rng"])
+        self._epoch_rng = capture_rng()
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(state.epoch)
@@ -333,8 +378,13 @@ class Trainer:
         val_points = self._val_check_points(n, val_loader)
         training_step = strategy.training_step
         batch_end_hooks = self._batch_hooks["on_train_batch_end"]
-        state.batch_idx = 0
+        state.batch_idx = skip
         for batch_idx, batch in _take(loader, n):
+            if batch_idx < skip:
+                continue
+            if resume:
+                restore_rng(resume["rng"])
+                resume = None
             window_start = batch_idx - batch_idx % accum
             window = min(accum, n - window_start) if not math.isinf(n) else accum
             step_now = batch_idx + 1 == window_start + window
@@ -343,17 +393,23 @@ class Trainer:
                 with precision.autocast():
                     out = training_step(module, batch, batch_idx)
                 loss = out if isinstance(out, torch.Tensor) else out["loss"]
+                if not torch.isfinite(loss):  # before backward: nothing of this step reaches the weights
+                    self._non_finite(loss, batch_idx)
                 precision.backward(loss / window if window > 1 else loss)
             state.batch_idx = batch_idx + 1
+            # A step's order: update, log, validate, then batch-end callbacks (checkpoints among
+            # them), so a checkpoint taken at step N holds everything step N produced.
             if step_now:
                 self._optimizer_step()
-            for cb in batch_end_hooks:
-                cb.on_train_batch_end(self, module, out, batch, batch_idx)
-            if step_now:
                 if state.global_step % self.log_every_n_steps == 0:
                     self.log_metrics(self.metrics.read_step())
                 if batch_idx + 1 in val_points:
                     self._validate_during_fit(module, val_loader)
+            for cb in batch_end_hooks:
+                cb.on_train_batch_end(self, module, out, batch, batch_idx)
+            if step_now:
+                if self._signals.received is not None:
+                    self._stop_for_signal(module)
                 if self.max_steps > -1 and state.global_step >= self.max_steps:
                     # Stopped mid-epoch: validate the final weights, so the run ends with the
                     # metrics of the model it saves.
@@ -362,6 +418,8 @@ class Trainer:
                     break
             if state.should_stop and step_now:
                 break
+        if resume:  # every batch of the epoch had been consumed before the checkpoint
+            restore_rng(resume["rng"])
 
         module.on_train_epoch_end()
         self.log_metrics(self.metrics.read_epoch())
@@ -403,6 +461,148 @@ class Trainer:
     def _validate_during_fit(self, module: TrainModule, val_loader: Iterable) -> None:
         self._last_val_step = self.state.global_step
         self._evaluate("validate", module, val_loader, self.num_val_batches)
+
+    def _non_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        last = os.path.realpath(os.path.join(self.checkpoint_dir, "last"))
+        kept = f"the last checkpoint, {last}, is intact" if os.path.isdir(last) else "no checkpoint was saved"
+        raise NonFiniteLossError(
+            f"the loss is {float(loss)} at step {self.state.global_step + 1} (epoch {self.state.epoch}, batch "
+            f"{batch_idx}); {kept}. Try a lower optimizer.lr, trainer.gradient_clip_val, precision=32, or "
+            "trainer.detect_anomaly=true to find the operation that produced it"
+        )
+
+    def _stop_for_signal(self, module: TrainModule) -> None:
+        signum = self._signals.received
+        cb = self.checkpoint_callback
+        path = cb.save(self) if cb is not None else self.save_checkpoint()
+        if path is None:  # this very step was saved already
+            path = os.path.realpath(os.path.join(self.checkpoint_dir, "last"))
+        raise Interrupted(
+            signum,
+            f"stopped by {signal.Signals(signum).name} at step {self.state.global_step}; checkpoint saved: {path}",
+        )
+
+    # -- checkpoints: the trainer's own state, saving, resuming ----------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything beyond model and optimizer that resume needs (plain types and tensors)."""
+        return {
+            "progress": dataclasses.asdict(self.state),
+            "last_val_step": self._last_val_step,
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "precision": self.precision.state_dict(),
+            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks()},
+            "metrics": self.metrics.state_dict(),
+            "settings": self._settings(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = TrainState(**state["progress"])
+        self.state.should_stop = False
+        self._last_val_step = state["last_val_step"]
+        if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.precision.load_state_dict(state["precision"])
+        saved = state["callbacks"]
+        for key, cb in self._keyed_callbacks():
+            if key in saved:
+                cb.load_state_dict(saved[key])
+        self.metrics.load_state_dict(state["metrics"])
+
+    def _keyed_callbacks(self) -> list[tuple[str, Callback]]:
+        seen: dict[str, int] = {}
+        keyed = []
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            keyed.append((f"{name}#{seen.get(name, 0)}" if name in seen else name, cb))
+            seen[name] = seen.get(name, 0) + 1
+        return keyed
+
+    def _settings(self) -> dict[str, Any]:
+        """What must match for a resumed run to continue this one exactly."""
+        return {
+            "world_size": self.strategy.world_size,
+            "train batches per epoch": self.num_training_batches,
+            "batch size": getattr(self.train_dataloader, "batch_size", None),
+            "trainer.accumulate_grad_batches": self.accumulate_grad_batches,
+            **self.hparams,
+        }
+
+    def save_checkpoint(self, name: str | None = None) -> str:
+        """Save a complete checkpoint in `checkpoint_dir` (named after epoch and step by default)."""
+        from trainkit import checkpoint
+
+        for lg in self.loggers:  # what was logged up to this step is on disk before the checkpoint
+            lg.flush()
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        return checkpoint.save(
+            self.checkpoint_dir,
+            name or f"epoch={self.state.epoch}-step={self.state.global_step}",
+            model=self.model,
+            optimizer=self.optimizer,
+            trainer_state=self.state_dict(),
+            rank_state={"rng": capture_rng(), "epoch_rng": self._epoch_rng},
+            rank=self.strategy.global_rank,
+            is_global_zero=self.is_global_zero,
+            barrier=self.strategy.barrier,
+        )
+
+    def _checkpoint_to_load(self) -> str | None:
+        """The checkpoint `resume` names: None for none, the newest intact one for "auto"."""
+        from trainkit import checkpoint
+
+        if self.resume in (None, "none"):
+            return None
+        if self.resume == "auto":
+            path, problems = checkpoint.find_resumable(self.checkpoint_dir)
+            for problem in problems:
+                log.warning("skipping a damaged checkpoint: %s", problem)
+            if path is None and problems:
+                raise UserError(f"trainer.resume=auto: no intact checkpoint in {self.checkpoint_dir} ("
+                                + "; ".join(problems) + "); remove them, or set trainer.resume=none to start over")
+            if path is None:
+                log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", self.checkpoint_dir)
+            return path
+        path = checkpoint.resolve(self.resume)
+        problem = checkpoint.verify(path)
+        if problem is not None:
+            raise UserError(f"trainer.resume={self.resume}: {problem}")
+        return path
+
+    def _restore(self) -> None:
+        from trainkit import checkpoint
+
+        path = self._checkpoint_to_load()
+        if path is None:
+            return
+        trainer_state, rank_state = checkpoint.load(path, self.model, self.optimizer, self.strategy.global_rank)
+        saved, current = trainer_state["settings"], self._settings()
+        differ = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+        if differ:
+            listing = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ)
+            if self.resume_strict:
+                raise UserError(
+                    f"cannot resume exactly from {path}: settings differ ({listing}); use the checkpoint's "
+                    "settings, or set trainer.resume_strict=false to resume anyway (not an exact continuation)"
+                )
+            log.warning("resuming from %s although settings differ (%s): not an exact continuation", path, listing)
+        self.load_state_dict(trainer_state)
+        if rank_state is None:
+            raise UserError(f"{path} holds no state for rank {self.strategy.global_rank}: it was saved by fewer "
+                            "processes; resume with the same trainer.devices and trainer.num_nodes")
+        self._resume_position = {"batch_idx": self.state.batch_idx, **rank_state}
+        log.info("resumed from %s: step %d, epoch %d, batch %d of the epoch", path, self.state.global_step,
+                 self.state.epoch, self.state.batch_idx)
+
+    def _load_weights_for_evaluation(self) -> None:
+        from trainkit import checkpoint
+
+        path = self._checkpoint_to_load()
+        if path is None:
+            log.warning("no checkpoint to load (trainer.resume=%s): %s runs on the module's current weights",
+                        self.resume, self.state.stage)
+            return
+        checkpoint.load_model_weights(path, self.model)
+        log.info("loaded weights from %s", path)
 
     # -- evaluation ------------------------------------------------------------------------------
     def _eval_stage(
@@ -478,7 +678,7 @@ def _take(loader: Iterable, limit: int | float) -> Iterable[tuple[int, Any]]:
 
 
 def _with_default_callbacks(
-    callbacks: list[Callback], progress_bar: bool, checkpointing: bool, root_dir: str
+    callbacks: list[Callback], progress_bar: bool, checkpointing: bool, root_dir: str, every_n_steps: int | None
 ) -> list[Callback]:
     from trainkit.callbacks.model_checkpoint import ModelCheckpoint
     from trainkit.callbacks.progress import ProgressBar
@@ -486,7 +686,7 @@ def _with_default_callbacks(
     if progress_bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.insert(0, ProgressBar())
     if checkpointing and not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
-        callbacks.append(ModelCheckpoint(dirpath=os.path.join(root_dir, "checkpoints")))
+        callbacks.append(ModelCheckpoint(dirpath=os.path.join(root_dir, "checkpoints"), every_n_train_steps=every_n_steps))
     # The progress bar first (its lines come before what other callbacks say about the same
     # event); checkpoints last (they see what every other callback decided, e.g. early stopping).
     return sorted(callbacks, key=lambda cb: 0 if isinstance(cb, ProgressBar) else 2 if isinstance(cb, ModelCheckpoint) else 1)

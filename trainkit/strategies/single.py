@@ -11,6 +11,8 @@ from trainkit.engine.tensors import apply_to_tensors
 
 
 class SingleDeviceStrategy:
+    world_size = 1
+    global_rank = 0
     is_global_zero = True
 
     def __init__(self, device: torch.device) -> None:
@@ -38,6 +40,9 @@ class SingleDeviceStrategy:
             nn.utils.clip_grad_value_(parameters, max_norm)
             return None
         return nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def barrier(self) -> None:
+        pass
 
     def teardown(self) -> None:
         pass

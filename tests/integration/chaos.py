@@ -1,0 +1,40 @@
+"""Faults on purpose, for the resume tests: a callback that sends a real signal to its own process."""
+from __future__ import annotations
+
+import os
+import signal
+
+from trainkit.engine.callback import Callback
+
+
+class SignalAt(Callback):
+    """After the `batch`-th training batch this process runs (1-based, micro-batches counted),
+    send `signal` (a name such as SIGKILL or SIGTERM) to this process."""
+
+    def __init__(self, batch: int, signal: str = "SIGKILL") -> None:
+        self.batch = batch
+        self.signal = getattr(signal_module, signal)
+        self.seen = 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.seen += 1
+        if self.seen == self.batch:
+            os.kill(os.getpid(), self.signal)
+
+
+signal_module = signal
+
+
+class PoisonAt(Callback):
+    """Once `step` optimizer steps are done, turn every weight into NaN: the next loss is NaN."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import torch
+
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.fill_(float("nan"))

@@ -1,0 +1,303 @@
+"""Checkpoints on disk: one folder each, published atomically, verified before use.
+
+    checkpoints/
+      epoch=3-step=604-val_auc=0.7583/
+        state/          model + optimizer through torch.distributed.checkpoint (DCP): the same
+                        files serve one process, DDP and FSDP (each rank writes its own shards)
+        trainer.pt      counters, data position, scheduler, GradScaler, callbacks, run settings
+        rank0.pt        this rank's RNG states (one file per rank)
+        MANIFEST.json   size and sha256 of every file above, written last
+      last -> epoch=3-step=604-val_auc=0.7583      (relative symlink, swapped atomically)
+
+A checkpoint is written under `.tmp-<name>`, fsynced, given its manifest, then renamed into
+place; only then does `last` move. A kill at any moment leaves the previous checkpoint and
+`last` intact. Everything is read back with `weights_only=True` (and DCP's metadata with an
+unpickler that admits only DCP's own record types), so a stranger's checkpoint cannot run code.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+import warnings
+from typing import Any, Callable
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from trainkit.errors import UserError
+
+MANIFEST = "MANIFEST.json"
+LAST = "last"
+_STEP = re.compile(r"step=(\d+)")
+
+
+# -- writing --------------------------------------------------------------------------------------
+def save(
+    directory: str,
+    name: str,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    trainer_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    rank: int = 0,
+    is_global_zero: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+) -> str:
+    """Write a complete checkpoint `<directory>/<name>` and point `last` at it. Every rank calls
+    this; rank zero publishes. Returns the checkpoint's path."""
+    final = os.path.join(directory, name)
+    tmp = os.path.join(directory, f".tmp-{name}")
+    if is_global_zero:
+        shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
+        os.makedirs(tmp)
+    barrier()
+    with _quiet_single_process():
+        dcp.save(_model_optim_state(model, optimizer), checkpoint_id=os.path.join(tmp, "state"),
+                 no_dist=not _distributed())
+    _save_file(rank_state, os.path.join(tmp, f"rank{rank}.pt"))
+    if is_global_zero:
+        _save_file(trainer_state, os.path.join(tmp, "trainer.pt"))
+    barrier()
+    if is_global_zero:
+        _write_manifest(tmp)
+        if os.path.exists(final):  # the same step saved again (e.g. a signal right after a save)
+            remove(final)
+        os.rename(tmp, final)
+        _fsync_dir(directory)
+        point_last(directory, name)
+    barrier()
+    return final
+
+
+def point_last(directory: str, name: str) -> None:
+    tmp = os.path.join(directory, f".{LAST}.tmp")
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(name, tmp)
+    os.replace(tmp, os.path.join(directory, LAST))
+    _fsync_dir(directory)
+
+
+def remove(path: str) -> None:
+    """Delete a checkpoint: first out of sight (one rename), then from disk."""
+    trash = os.path.join(os.path.dirname(path), f".trash-{os.path.basename(path)}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _model_optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    if optimizer is None:
+        return {"model": model.state_dict()}
+    model_state, optim_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optim": optim_state}
+
+
+def _save_file(obj: Any, path: str) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _files(root: str) -> list[str]:
+    found = []
+    for folder, _, names in os.walk(root):
+        found += [os.path.relpath(os.path.join(folder, n), root) for n in names if n != MANIFEST]
+    return sorted(found)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_manifest(root: str) -> None:
+    entries = {rel: {"size": os.path.getsize(os.path.join(root, rel)), "sha256": _sha256(os.path.join(root, rel))}
+               for rel in _files(root)}
+    _fsync_dir(os.path.join(root, "state"))
+    path = os.path.join(root, MANIFEST)
+    with open(path, "w") as f:
+        json.dump({"files": entries}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(root)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@contextlib.contextmanager
+def _quiet_single_process():
+    # DCP warns on every save and load without a process group; one process is a case we mean.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+# -- finding and checking ------------------------------------------------------------------------
+def step_of(path: str) -> int:
+    match = _STEP.search(os.path.basename(os.path.normpath(path)))
+    return int(match[1]) if match else -1
+
+
+def resolve(path: str) -> str:
+    """A checkpoint folder from what a user may point at: the folder, `last`, or `checkpoints/`."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, MANIFEST)):
+        if os.path.lexists(os.path.join(path, LAST)):
+            path = os.path.join(path, LAST)
+    return os.path.realpath(path)
+
+
+def verify(path: str) -> str | None:
+    """None when the checkpoint is complete and intact; else what is wrong with it."""
+    manifest = os.path.join(path, MANIFEST)
+    if not os.path.isdir(path):
+        return f"{path} does not exist"
+    if not os.path.isfile(manifest):
+        return f"{path} has no {MANIFEST} (an incomplete save, or not a trainkit checkpoint)"
+    try:
+        with open(manifest) as f:
+            entries = json.load(f)["files"]
+    except (ValueError, KeyError) as exc:
+        return f"{manifest} is unreadable ({exc})"
+    for rel, expected in entries.items():
+        file = os.path.join(path, rel)
+        if not os.path.isfile(file):
+            return f"{file} is missing"
+        if os.path.getsize(file) != expected["size"]:
+            return f"{file} has {os.path.getsize(file)} bytes, the manifest says {expected['size']} (truncated?)"
+        if _sha256(file) != expected["sha256"]:
+            return f"{file} does not match its checksum (altered or corrupt)"
+    return None
+
+
+def candidates(directory: str) -> list[str]:
+    """Checkpoint folders in `directory`, `last`'s target first, then newest step first."""
+    if not os.path.isdir(directory):
+        return []
+    found = sorted(
+        (os.path.join(directory, n) for n in os.listdir(directory)
+         if not n.startswith(".") and n != LAST and os.path.isdir(os.path.join(directory, n))),
+        key=step_of,
+        reverse=True,
+    )
+    last = os.path.join(directory, LAST)
+    if os.path.lexists(last):
+        target = os.path.realpath(last)
+        found = [target] + [p for p in found if os.path.realpath(p) != target]
+    return found
+
+
+def find_resumable(directory: str) -> tuple[str | None, list[str]]:
+    """The newest intact checkpoint in `directory` (trying `last` first), and what was wrong
+    with each one skipped on the way."""
+    problems = []
+    for path in candidates(directory):
+        problem = verify(path)
+        if problem is None:
+            return path, problems
+        problems.append(problem)
+    return None, problems
+
+
+# -- reading --------------------------------------------------------------------------------------
+def load(
+    path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, rank: int = 0
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Load model and optimizer in place; return (trainer state, this rank's state or None)."""
+    state = _model_optim_state(model, optimizer)
+    _dcp_load(state, path)
+    if optimizer is None:
+        model.load_state_dict(state["model"])
+    else:
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    trainer_state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=True)
+    rank_file = os.path.join(path, f"rank{rank}.pt")
+    rank_state = torch.load(rank_file, map_location="cpu", weights_only=True) if os.path.exists(rank_file) else None
+    return trainer_state, rank_state
+
+
+def load_model_weights(path: str, model: torch.nn.Module) -> None:
+    """Weights only (for validate / test / predict, or to fine-tune from another run)."""
+    state = {"model": model.state_dict()}
+    _dcp_load(state, path)
+    model.load_state_dict(state["model"])
+
+
+def export_model(path: str, out_file: str) -> int:
+    """Write the model's plain `state_dict` (one torch.save file) for inference elsewhere, without
+    building the model. Returns the number of tensors written."""
+    metadata = _SafeReader(os.path.join(path, "state")).read_metadata()
+    # DCP stores {"model": {"lstm.weight": ...}} under flat keys "model.lstm.weight"; a template
+    # of the same nesting, made from the metadata, loads it.
+    weights = {
+        key[len("model."):]: torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in metadata.state_dict_metadata.items()
+        if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)
+    }
+    _dcp_load({"model": weights}, path)
+    tmp = out_file + ".tmp"
+    _save_file(weights, tmp)
+    os.replace(tmp, out_file)
+    return len(weights)
+
+
+def _dcp_load(state: dict[str, Any], path: str) -> None:
+    try:
+        with _quiet_single_process():
+            dcp.load(state, storage_reader=_SafeReader(os.path.join(path, "state")), no_dist=not _distributed())
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} does not fit this model/optimizer: {str(exc).splitlines()[0]}") from exc
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """DCP writes its `.metadata` with plain pickle; admit only its own record types."""
+
+    _MODULES = ("torch.distributed.checkpoint.metadata",)
+    _NAMES = {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch.serialization", "_get_layout"),
+        ("torch", "Size"),
+        ("collections", "OrderedDict"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in self._MODULES or (module, name) in self._NAMES:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.memory_format)):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which is not allowed")
+
+
+class _SafeReader(FileSystemReader):
+    def read_metadata(self, *args: Any, **kwargs: Any):
+        with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+            metadata = _RestrictedUnpickler(f).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata

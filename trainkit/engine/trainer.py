@@ -402,7 +402,7 @@ class Trainer:
             if step_now:
                 self._optimizer_step()
                 if state.global_step % self.log_every_n_steps == 0:
-                    self.log_metrics(self.metrics.read_step())
+                    self._log_step()
                 if batch_idx + 1 in val_points:
                     self._validate_during_fit(module, val_loader)
             for cb in batch_end_hooks:
@@ -424,6 +424,13 @@ class Trainer:
         module.on_train_epoch_end()
         self.log_metrics(self.metrics.read_epoch())
         self._call("on_train_epoch_end")
+
+    def _log_step(self) -> None:
+        values = self.metrics.read_step()
+        if self.precision.scaler is not None:  # 16-mixed: skipped updates are normal, and shown
+            values["precision/skipped_steps"] = float(self.precision.skipped_steps)
+            values["precision/loss_scale"] = self.precision.scaler.get_scale()
+        self.log_metrics(values)
 
     def _optimizer_step(self) -> None:
         optimizer = self.optimizer

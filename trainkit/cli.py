@@ -110,7 +110,11 @@ def _report_failure(exc: BaseException, run_dir: str | None, debug: bool) -> int
         resume = f"; resume with: trainkit fit trainer.resume=auto hydra.run.dir={run_dir}" if run_dir else ""
         print(f"trainkit: {exc}{resume}", file=sys.stderr)
         return 128 + exc.signum
-    if isinstance(exc, UserError):
+    from trainkit.launch.local import WorkerFailed
+
+    if isinstance(exc, WorkerFailed):
+        code, message = exc.exit_code, str(exc)
+    elif isinstance(exc, UserError):
         code, message = EXIT_BAD_INPUT, str(exc)
     else:
         code, message = EXIT_FAILED, _where(exc)
@@ -195,4 +199,13 @@ def usage() -> str:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    code = main()
+    if "torch.distributed" in sys.modules:  # a torchrun worker: leave as trainkit.launch.worker does
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            dist.destroy_process_group()
+            os._exit(code)  # gloo can abort at interpreter exit after a clean run
+    sys.exit(code)

@@ -49,6 +49,7 @@ class TrainerConfig:
     compile: bool = False
     log_every_n_steps: int = 50
     checkpoint_every_n_steps: Optional[int] = None
+    max_restarts: int = 0  # several processes: restart the group this often after a worker dies
     resume: str = "auto"  # auto: <run_dir>/checkpoints/last if there is one; none; or a checkpoint path
     resume_strict: bool = True  # refuse a resume whose settings would not continue the run exactly
     detect_anomaly: bool = False  # torch.autograd anomaly mode: finds the op that made a NaN (slow)
@@ -57,6 +58,8 @@ class TrainerConfig:
 @dataclass
 class StrategyConfig:
     name: str = "auto"
+    find_unused_parameters: bool = False  # ddp: only for models that skip parameters in some steps
+    timeout_s: float = 1800.0  # a collective that waits longer than this fails (a stalled rank)
 
 
 @dataclass

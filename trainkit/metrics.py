@@ -49,10 +49,28 @@ class BinaryMetrics:
         self._labels.append(labels.detach().flatten())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        if not self._scores:
-            nan = torch.tensor(float("nan"))
-            return {"auc": nan, "acc": nan}
-        scores = torch.cat(self._scores).cpu()
-        labels = torch.cat(self._labels).cpu()
+        """Over every prediction of the epoch — of all processes, when there are several."""
+        if not self._scores:  # keep the collectives in step: an empty rank still takes part
+            self._scores, self._labels = [torch.empty(0)], [torch.empty(0, dtype=torch.long)]
+        scores = _gather(torch.cat(self._scores)).cpu()
+        labels = _gather(torch.cat(self._labels)).cpu()
         acc = ((scores >= self.threshold) == labels.bool()).double().mean()
         return {"auc": binary_auroc(scores, labels), "acc": acc}
+
+
+def _gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor of any length over all processes (identity in one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    size = torch.tensor([tensor.numel()], device=device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=tensor.dtype, device=device)
+    padded[: tensor.numel()] = tensor.to(device)
+    parts = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(n.item())] for part, n in zip(parts, sizes)])

@@ -15,6 +15,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from trainkit.config import check_targets, check_values
+from trainkit.errors import ConfigError
+from trainkit.launch.env import from_environ
 
 log = logging.getLogger("trainkit")
 
@@ -25,11 +27,52 @@ def run_composed(command: str, cfg: DictConfig) -> dict[str, float]:
     check_values(cfg)
     run_dir = os.path.abspath(cfg.run_dir)
     cfg.run_dir = run_dir
+    env = from_environ()
+    if env.is_worker and env.rank != 0:  # started by torchrun: rank 0's run directory is the run's
+        return run_worker(_config_of_rank_zero(env, run_dir))
     os.makedirs(run_dir, exist_ok=True)
     config_path = os.path.join(run_dir, "config.yaml")
     _keep_previous_config(config_path, cfg)
     OmegaConf.save(cfg, config_path)
-    return run_worker(config_path)
+    if env.is_worker:
+        _config_of_rank_zero(env, run_dir, config_path)
+    processes = cfg.trainer.devices * cfg.trainer.num_nodes
+    if processes == 1 or env.is_worker:  # one process, or started by torchrun already
+        return run_worker(config_path)
+    if cfg.trainer.num_nodes > 1:
+        raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes}: the local launcher starts processes on this "
+                          "machine only; run `torchrun --nnodes ... -m trainkit fit ...` on each node")
+    from trainkit.launch.local import launch
+    from trainkit.log_setup import setup_logging
+
+    setup_logging(None)
+    log.info("run directory: %s", run_dir)
+    launch(config_path, processes, cfg.trainer.max_restarts)
+    log.info("run directory: %s", run_dir)
+    return {}
+
+
+def _config_of_rank_zero(env, own_run_dir: str, config_path: str | None = None) -> str:
+    """Under an outside launcher every rank ran Hydra; rank 0 publishes its config file through
+    the launcher's rendezvous store, the others take it and drop the folder Hydra made for them
+    (one run, one directory)."""
+    import shutil
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not env.agent_store:
+        raise ConfigError("several processes started without torchrun's agent: run them through `trainkit fit "
+                          "trainer.devices=N` or `torchrun`")
+    store = dist.TCPStore(env.master_addr, env.master_port, is_master=False, timeout=timedelta(seconds=300))
+    key = f"trainkit/config/attempt{env.restart_count}"
+    if config_path is not None:
+        store.set(key, config_path)
+        return config_path
+    shared = store.get(key).decode()
+    if os.path.dirname(shared) != own_run_dir and set(os.listdir(own_run_dir)) <= {".hydra"}:
+        shutil.rmtree(own_run_dir, ignore_errors=True)
+    return shared
 
 
 def _keep_previous_config(path: str, cfg: DictConfig) -> None:
@@ -66,7 +109,8 @@ def run_worker(config_path: str) -> dict[str, float]:
 
     cfg = OmegaConf.load(config_path)
     run_dir = cfg.run_dir
-    setup_logging(run_dir)
+    env = from_environ()
+    setup_logging(run_dir if env.rank == 0 else None, is_global_zero=env.rank == 0)
     log.info("run directory: %s", run_dir)
     check_targets(cfg)  # imports the recipe (and torch): before any data or model work
 
@@ -83,14 +127,15 @@ def run_worker(config_path: str) -> dict[str, float]:
         seed_everything(t.seed)  # before the model exists: its initial weights follow the seed
     datamodule = instantiate(cfg.datamodule)
     model = instantiate(cfg.model)
-    strategy = make_strategy(cfg.strategy.name, t.accelerator, t.devices, t.num_nodes)
+    strategy = make_strategy(cfg.strategy.name, t.accelerator, t.devices, t.num_nodes, env,
+                             cfg.strategy.find_unused_parameters, cfg.strategy.timeout_s)
     precision = Precision(
         str(cfg.precision.mode), strategy.root_device.type, cfg.precision.init_scale, cfg.precision.growth_interval
     )
     callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node]
     loggers = [instantiate(node) for node in (cfg.logger or {}).values() if node]
     trainer_args = {k: v for k, v in OmegaConf.to_container(t).items()
-                    if k not in ("accelerator", "devices", "num_nodes")}
+                    if k not in ("accelerator", "devices", "num_nodes", "max_restarts")}
     trainer = Trainer(
         **trainer_args,
         strategy=strategy,

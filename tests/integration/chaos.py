@@ -9,17 +9,32 @@ from trainkit.engine.callback import Callback
 
 class SignalAt(Callback):
     """After the `batch`-th training batch this process runs (1-based, micro-batches counted),
-    send `signal` (a name such as SIGKILL or SIGTERM) to this process."""
+    send `signal` (a name such as SIGKILL or SIGTERM) to this process — only on rank `rank` and in
+    the first attempt (a restarted worker group runs on)."""
 
-    def __init__(self, batch: int, signal: str = "SIGKILL") -> None:
+    def __init__(self, batch: int, signal: str = "SIGKILL", rank: int = 0) -> None:
         self.batch = batch
         self.signal = getattr(signal_module, signal)
+        self.rank = rank
         self.seen = 0
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.seen += 1
-        if self.seen == self.batch:
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if self.seen == self.batch and trainer.strategy.global_rank == self.rank and first_attempt:
             os.kill(os.getpid(), self.signal)
+
+
+class RaiseAt(Callback):
+    """Raise an exception after the `batch`-th training batch, on rank `rank`."""
+
+    def __init__(self, batch: int, rank: int = 0) -> None:
+        self.batch, self.rank, self.seen = batch, rank, 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.seen += 1
+        if self.seen == self.batch and trainer.strategy.global_rank == self.rank:
+            raise RuntimeError(f"injected failure on rank {self.rank}")
 
 
 signal_module = signal

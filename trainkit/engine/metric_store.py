@@ -6,12 +6,19 @@ are made only when a logger, the progress bar or a callback asks — at most eve
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
 class MetricStore:
     def __init__(self) -> None:
         self.training = True  # the Trainer flips this: it decides the on_step/on_epoch defaults
+        # Set by the Trainer under several processes: sums a tensor over all of them. Every read
+        # is then a collective that all ranks make at the same point, and every rank gets the
+        # same numbers (the mean over ranks for step values, the global weighted mean for epochs).
+        self.reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.world_size = 1
         self.step_values: dict[str, torch.Tensor | float] = {}
         # Training and evaluation keep separate epoch sums: a validation inside a training
         # epoch must not flush (or mix into) the training epoch's means.
@@ -53,7 +60,12 @@ class MetricStore:
 
     def read_step(self) -> dict[str, float]:
         """Floats of the step values logged since the last read (syncs the device once)."""
-        values = {name: float(v) for name, v in self.step_values.items()}
+        names = sorted(self.step_values)
+        if self.reduce_sum is not None and names:
+            packed = torch.tensor([float(self.step_values[n]) for n in names], dtype=torch.float64)
+            values = dict(zip(names, (self.reduce_sum(packed) / self.world_size).tolist()))
+        else:
+            values = {name: float(self.step_values[name]) for name in names}
         self.step_values.clear()
         self.callback_metrics.update(values)
         return values
@@ -62,7 +74,13 @@ class MetricStore:
         """Epoch means of what the current mode (training or evaluation) logged with on_epoch
         since the last read; resets them."""
         sums = self._epoch_sums[self.training]
-        values = {name: float(total / count) for name, (total, count) in sums.items()}
+        names = sorted(sums)
+        totals = [float(sums[n][0]) for n in names]
+        counts = [float(sums[n][1]) for n in names]
+        if self.reduce_sum is not None and names:
+            packed = self.reduce_sum(torch.tensor(totals + counts, dtype=torch.float64)).tolist()
+            totals, counts = packed[: len(names)], packed[len(names) :]
+        values = {name: total / count for name, total, count in zip(names, totals, counts)}
         sums.clear()
         self.callback_metrics.update(values)
         return values

@@ -83,6 +83,17 @@ class TrainModule(nn.Module):
             name, value, prog_bar=prog_bar, on_step=on_step, on_epoch=on_epoch, batch_size=batch_size
         )
 
+    def sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over all processes (itself in one process); not differentiated.
+
+        For losses averaged over a varying number of items (masked tokens, padded steps): divide
+        the summed loss by the count over all processes and multiply by `trainer.world_size`,
+        and the gradient DDP averages is that of the global mean — the same as one process on
+        the whole global batch.
+        """
+        reduce = getattr(self.trainer.strategy, "all_reduce_sum", None)
+        return reduce(tensor.detach().clone()) if reduce is not None else tensor.detach()
+
     def log_dict(self, values: dict[str, torch.Tensor | float], **kwargs: Any) -> None:
         for name, value in values.items():
             self.log(name, value, **kwargs)

@@ -27,6 +27,7 @@ from trainkit.engine.data import DataModule
 from trainkit.engine.metric_store import MetricStore
 from trainkit.engine.module import TrainModule
 from trainkit.engine.rng import capture_rng, restore_rng
+from trainkit.engine.samplers import GlobalBatchSampler, distribute_loader
 from trainkit.engine.seed import seed_everything, set_deterministic
 from trainkit.engine.state import TrainState
 from trainkit.errors import ConfigError, Interrupted, NonFiniteLossError, UserError
@@ -133,11 +134,16 @@ class Trainer:
         self._signals = StopSignals()
         self._resume_position: dict[str, Any] | None = None  # data position + RNG to restore
         self._epoch_rng: dict[str, Any] | None = None  # RNG state when this epoch's data began
+        self._data_seed = 0  # seeds the training order (the same on every rank)
 
     # -- read-only views (Lightning names) ---------------------------------------------------
     @property
     def is_global_zero(self) -> bool:
         return self.strategy.is_global_zero
+
+    @property
+    def world_size(self) -> int:
+        return self.strategy.world_size
 
     @property
     def global_step(self) -> int:
@@ -189,6 +195,11 @@ class Trainer:
                 train_loader, val_loader = train_dataloaders, val_dataloaders
             if train_loader is None:
                 raise UserError("fit needs training data: pass train_dataloaders= or a datamodule")
+            # One seed for the data order on every rank: the run's seed, or one drawn from the
+            # (seeded or not) global RNG, which is the same on all ranks at this point.
+            self._data_seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, ()).item())
+            train_loader = self._distribute(train_loader, train=True)
+            val_loader = self._distribute(val_loader, train=False)
             self.train_dataloader = train_loader
             self.num_training_batches = _num_batches(train_loader, self.limit_train_batches)
             self.num_val_batches = _num_batches(val_loader, self.limit_val_batches) if val_loader is not None else 0
@@ -236,6 +247,8 @@ class Trainer:
     def _run(self, module: TrainModule, datamodule: DataModule | None, stage: str, body: Callable[[], Any]) -> Any:
         self.state.stage = stage
         object.__setattr__(module, "_trainer", self)
+        self.metrics.reduce_sum = getattr(self.strategy, "all_reduce_sum", None)
+        self.metrics.world_size = self.strategy.world_size
         if self.seed is not None:
             seed_everything(self.seed)
         set_deterministic(self.deterministic)
@@ -367,9 +380,9 @@ class Trainer:
         if resume:
             restore_rng(resume["epoch_rng"] if skip else resume["rng"])
         self._epoch_rng = capture_rng()
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(state.epoch)
+        for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(state.epoch)
         module.on_train_epoch_start()
         self._call("on_train_epoch_start")
 
@@ -469,6 +482,9 @@ class Trainer:
         self._last_val_step = self.state.global_step
         self._evaluate("validate", module, val_loader, self.num_val_batches)
 
+    def _distribute(self, loader: Iterable | None, train: bool) -> Iterable | None:
+        return distribute_loader(loader, self.strategy.global_rank, self.strategy.world_size, self._data_seed, train)
+
     def _non_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         last = os.path.realpath(os.path.join(self.checkpoint_dir, "last"))
         kept = f"the last checkpoint, {last}, is intact" if os.path.isdir(last) else "no checkpoint was saved"
@@ -494,6 +510,7 @@ class Trainer:
         """Everything beyond model and optimizer that resume needs (plain types and tensors)."""
         return {
             "progress": dataclasses.asdict(self.state),
+            "data_seed": self._data_seed,
             "last_val_step": self._last_val_step,
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             "precision": self.precision.state_dict(),
@@ -506,6 +523,10 @@ class Trainer:
         self.state = TrainState(**state["progress"])
         self.state.should_stop = False
         self._last_val_step = state["last_val_step"]
+        self._data_seed = state["data_seed"]
+        batches = getattr(self.train_dataloader, "batch_sampler", None)
+        if isinstance(batches, GlobalBatchSampler):
+            batches.seed = self._data_seed
         if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.precision.load_state_dict(state["precision"])
@@ -621,6 +642,7 @@ class Trainer:
             dataloaders = datamodule.val_dataloader() if stage == "validate" else datamodule.test_dataloader()
         if dataloaders is None:
             raise UserError(f"{stage}: the datamodule returned no {stage} dataloader")
+        dataloaders = self._distribute(dataloaders, train=False)
         limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
         return self._evaluate(stage, module, dataloaders, _num_batches(dataloaders, limit))
 

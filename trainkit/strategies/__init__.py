@@ -1,7 +1,7 @@
 """Strategies: how the model is placed and how gradients and metrics cross processes.
 
-The Trainer talks to one `Strategy` object and never asks which kind it has. This version ships
-the single-device strategy; DDP and FSDP2 plug into the same seam.
+The Trainer talks to one `Strategy` object and never asks which kind it has: `single` (one
+device) or `ddp` (one process per device; `auto` picks it when there are several).
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 
 from trainkit.choices import ACCELERATORS, STRATEGIES
 from trainkit.errors import ConfigError
+from trainkit.launch.env import DistEnv
+from trainkit.strategies.ddp import DDPStrategy
 from trainkit.strategies.single import SingleDeviceStrategy
 
 
@@ -23,12 +25,31 @@ def resolve_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def make_strategy(name: str, accelerator: str, devices: int, num_nodes: int) -> SingleDeviceStrategy:
+def make_strategy(
+    name: str,
+    accelerator: str,
+    devices: int,
+    num_nodes: int,
+    env: DistEnv | None = None,
+    find_unused_parameters: bool = False,
+    timeout_s: float = 1800.0,
+) -> SingleDeviceStrategy | DDPStrategy:
+    """The strategy for this process. `env` is the rank layout its launcher gave it."""
     if name not in STRATEGIES:
         raise ConfigError(f"strategy={name!r} is not one of {', '.join(STRATEGIES)}")
-    if devices * num_nodes != 1:
+    env = env or DistEnv()
+    wanted = devices * num_nodes
+    if env.world_size != wanted:
         raise ConfigError(
-            f"trainer.devices={devices} trainer.num_nodes={num_nodes} asks for {devices * num_nodes} "
-            "processes, but this version trains in one process only; use trainer.devices=1"
+            f"trainer.devices={devices} x trainer.num_nodes={num_nodes} = {wanted} processes, but this process is "
+            f"one of {env.world_size}; launch through `trainkit fit` (it starts the processes) or make them agree"
         )
-    return SingleDeviceStrategy(resolve_device(accelerator))
+    if name == "single" and wanted > 1:
+        raise ConfigError(f"strategy=single runs one process, but {wanted} were asked for; use strategy=ddp")
+    if wanted == 1 and name != "ddp":
+        return SingleDeviceStrategy(resolve_device(accelerator))
+    device = resolve_device(accelerator)
+    if device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    return DDPStrategy(env, device, find_unused_parameters, timeout_s)

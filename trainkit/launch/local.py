@@ -1,0 +1,74 @@
+"""Start `devices` worker processes on this machine with torch's elastic agent (torchrun's own
+machinery): the same environment contract as torchrun (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT, TORCHELASTIC_RESTART_COUNT), restarts of the whole group after a failure (each
+restart resumes from `checkpoints/last`), and no hang: when one worker dies the agent stops the
+others. Each worker runs `python -m trainkit.launch.worker <run_dir>/config.yaml`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import uuid
+
+from trainkit.errors import UserError
+
+log = logging.getLogger("trainkit")
+
+
+class WorkerFailed(Exception):
+    """A worker process failed; the message names its rank and what happened."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def launch(config_path: str, nproc: int, max_restarts: int) -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if (os.cpu_count() or 1) < nproc:
+        log.warning("trainer.devices=%d processes on %d CPU cores: they will share cores", nproc, os.cpu_count())
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"trainkit-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone`
+        max_restarts=max_restarts,
+        monitor_interval=0.2,
+        start_method="spawn",
+    )
+    log.info("starting %d worker processes (max_restarts=%d)", nproc, max_restarts)
+    try:
+        elastic_launch(config, sys.executable)("-m", "trainkit.launch.worker", config_path)
+    except ChildFailedError as exc:
+        # The earliest failure is the cause; the others usually failed on the collective it broke.
+        rank, failure = min(exc.failures.items(), key=lambda item: (_failed_at(item[1]), item[0]))
+        raise _describe(rank, failure) from None
+
+
+def _failed_at(failure) -> float:
+    if failure.exitcode < 0:
+        # Killed: by SIGTERM most likely the agent stopping it after another failed; by anything
+        # else (SIGKILL, SIGSEGV, the OOM killer) it is the cause.
+        return float("inf") if failure.exitcode == -signal.SIGTERM else float("-inf")
+    try:
+        return float(failure.error_file_data["message"]["extraInfo"]["trainkit_time"])
+    except (KeyError, TypeError, ValueError):
+        return float("inf")  # failed before it could say why: the others say more
+
+
+def _describe(rank: int, failure) -> Exception:
+    if failure.exitcode < 0:
+        name = signal.Signals(-failure.exitcode).name
+        return WorkerFailed(f"worker rank {rank} was killed by {name}; the other workers were stopped", 1)
+    message = failure.message.get("message", "") if isinstance(failure.message, dict) else str(failure.message or "")
+    detail = f": {message.splitlines()[0]}" if message else ""
+    if failure.exitcode == 2:  # bad input: the worker said which, in one line
+        return UserError(f"worker rank {rank}{detail}")
+    return WorkerFailed(f"worker rank {rank} failed with exit code {failure.exitcode}{detail}; "
+                        "the other workers were stopped", failure.exitcode if failure.exitcode > 128 else 1)

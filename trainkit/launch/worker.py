@@ -1,0 +1,66 @@
+"""One worker process: `python -m trainkit.launch.worker <run_dir>/config.yaml`.
+
+Started by `trainkit.launch.local` (or any launcher that sets torchrun's environment). It runs the
+config file, never argv or Hydra, reports a failure in one line (and to the elastic agent's error
+file, so the parent can name the rank), and leaves with `os._exit`: gloo can abort at interpreter
+exit after a clean run, which would turn a finished run into a failed one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+
+def main(config_path: str) -> int:
+    from trainkit.errors import Interrupted, UserError
+    from trainkit.launch.env import from_environ
+    from trainkit.run import run_worker
+
+    rank = from_environ().rank
+    try:
+        run_worker(config_path)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Interrupted as exc:
+        print(f"trainkit (rank {rank}): {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except Exception as exc:  # noqa: BLE001 - the worker's one report
+        _record(exc)
+        print(f"trainkit: error (rank {rank}): {type(exc).__name__}: {exc}", file=sys.stderr)
+        if not isinstance(exc, UserError):
+            traceback.print_exc()
+        return 2 if isinstance(exc, UserError) else 1
+
+
+def _record(exc: BaseException) -> None:
+    """The elastic agent's error file (the format its ErrorHandler writes), plus the precise time:
+    when one rank fails and the others fail in turn on the collective it broke, the parent
+    reports the one that failed first (the agent's own timestamp has whole seconds)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import json
+    import time
+
+    data = {"message": {"message": f"{type(exc).__name__}: {exc}",
+                        "extraInfo": {"py_callstack": traceback.format_exc(), "timestamp": str(int(time.time())),
+                                      "trainkit_time": time.time()}}}
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1])
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    finally:
+        os._exit(code)

@@ -1,0 +1,87 @@
+"""DistributedDataParallel: one process per device, gradients averaged across processes.
+
+Placement, batch movement and clipping are the single-device strategy's (composed, not copied);
+this adds the process group, the DDP wrapper and the collectives that metrics and checkpoints use.
+Gradient accumulation skips the all-reduce on all but the last micro-batch (`no_sync`); clipping
+runs after it, on the averaged gradients.
+"""
+from __future__ import annotations
+
+import contextlib
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from trainkit.launch.env import DistEnv
+from trainkit.strategies.single import SingleDeviceStrategy
+
+
+class _TrainingStep(nn.Module):
+    """DDP syncs gradients of what runs through its forward: route training_step through it."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: Any, batch_idx: int) -> Any:
+        return self.module.training_step(batch, batch_idx)
+
+
+def init_process_group(env: DistEnv, backend: str, timeout_s: float) -> None:
+    """Join the group through the launcher's rendezvous store, under a prefix per restart attempt:
+    a restarted gloo group that reused the first attempt's keys failed to connect or hung here."""
+    if dist.is_initialized():
+        return
+    timeout = timedelta(seconds=timeout_s)
+    store = dist.TCPStore(env.master_addr, env.master_port, env.world_size,
+                          is_master=env.rank == 0 and not env.agent_store, timeout=timeout)
+    store = dist.PrefixStore(f"trainkit/attempt{env.restart_count}", store)
+    dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout)
+
+
+class DDPStrategy:
+    def __init__(self, env: DistEnv, device: torch.device, find_unused_parameters: bool = False,
+                 timeout_s: float = 1800.0) -> None:
+        init_process_group(env, "nccl" if device.type == "cuda" else "gloo", timeout_s)
+        self.env = env
+        self.world_size = env.world_size
+        self.global_rank = env.rank
+        self.is_global_zero = env.rank == 0
+        self.local = SingleDeviceStrategy(device)
+        self.root_device = device
+        self.find_unused_parameters = find_unused_parameters
+        self._ddp: DistributedDataParallel | None = None
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        module = self.local.setup_module(module)
+        device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
+        self._ddp = DistributedDataParallel(_TrainingStep(module), device_ids=device_ids,
+                                            find_unused_parameters=self.find_unused_parameters)
+        return module
+
+    def batch_to_device(self, batch: Any) -> Any:
+        return self.local.batch_to_device(batch)
+
+    def training_step(self, module: nn.Module, batch: Any, batch_idx: int) -> Any:
+        return self._ddp(batch, batch_idx)
+
+    def no_backward_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+        return self._ddp.no_sync() if enabled else contextlib.nullcontext()
+
+    def clip_gradients(self, parameters: list[torch.Tensor], max_norm: float, algorithm: str) -> torch.Tensor | None:
+        return self.local.clip_gradients(parameters, max_norm, algorithm)  # grads are identical on all ranks
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.root_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def teardown(self) -> None:
+        pass  # the group lives as long as the worker process; the worker destroys it on exit

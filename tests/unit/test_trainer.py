@@ -65,31 +65,47 @@ def quiet_trainer(**kwargs) -> Trainer:
 
 
 def test_parity_with_a_hand_written_loop_is_bit_exact():
-    steps = 40
+    steps, seed = 40, 7
     data = make_data()
 
+    # The hand-written loop shuffles as trainkit documents: one permutation per epoch from a
+    # generator seeded with seed + epoch, cut into batches (trainkit.engine.samplers).
     seed_everything(3)
     ref = Regressor()
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
-    loader = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(7))
-    done = 0
+    done, epoch = 0, 0
     while done < steps:
-        for x, y in loader:
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed + epoch))
+        for start in range(0, len(data), 16):
+            x, y = data[order[start : start + 16]]
             ref_opt.zero_grad(set_to_none=True)
             F.mse_loss(ref(x), y).backward()
             ref_opt.step()
             done += 1
             if done == steps:
                 break
+        epoch += 1
 
     seed_everything(3)
     module = Regressor()
     module.configure_optimizers = lambda: torch.optim.Adam(module.parameters(), lr=1e-2)
-    loader = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(7))
-    quiet_trainer(max_steps=steps).fit(module, train_dataloaders=loader)
+    quiet_trainer(max_steps=steps, seed=seed).fit(module, train_dataloaders=DataLoader(data, batch_size=16, shuffle=True))
 
     for (name, a), b in zip(ref.state_dict().items(), module.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_an_unshuffled_loader_keeps_its_order_and_its_last_partial_batch():
+    seen = []
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append(batch[0][:, 0].clone())
+
+    data = make_data(n=40)
+    quiet_trainer(max_epochs=1, callbacks=[Record()]).fit(Regressor(), train_dataloaders=DataLoader(data, batch_size=16))
+    assert [len(b) for b in seen] == [16, 16, 8]
+    assert torch.equal(torch.cat(seen), data.tensors[0][:, 0])
 
 
 def test_gradient_accumulation_equals_one_larger_batch():
@@ -238,10 +254,11 @@ def test_early_stopping_and_checkpoints(tmp_path):
     assert trainer.current_epoch == 3  # best at epoch 0, then two epochs without improvement
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     # the best two (ties keep the earliest) and the newest; `last` points at the newest
-    assert names == ["epoch=0-step=4-val_loss=4.7955", "epoch=1-step=8-val_loss=4.7955",
-                     "epoch=2-step=12-val_loss=4.7955", "last"], names
-    assert (tmp_path / "ckpt" / "last").resolve().name == "epoch=2-step=12-val_loss=4.7955"
-    assert ckpt.best_model_path.endswith("epoch=0-step=4-val_loss=4.7955")
+    v = f"{trainer.callback_metrics['val/loss']:.4f}"  # the same every epoch: lr=0
+    assert names == [f"epoch=0-step=4-val_loss={v}", f"epoch=1-step=8-val_loss={v}",
+                     f"epoch=2-step=12-val_loss={v}", "last"], names
+    assert (tmp_path / "ckpt" / "last").resolve().name == f"epoch=2-step=12-val_loss={v}"
+    assert ckpt.best_model_path.endswith(f"epoch=0-step=4-val_loss={v}")
     state = torch.load(tmp_path / "ckpt" / "last" / "trainer.pt", weights_only=True)
     assert state["progress"]["global_step"] == trainer.global_step == 12
     fresh = Regressor()

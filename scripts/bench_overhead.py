@@ -78,6 +78,7 @@ def mlp_case(steps: int):
 
 def dkt_case(steps: int):
     from recipes.knowledge_tracing.model import DKT
+    from recipes.knowledge_tracing.objective import next_step_targets
 
     g = torch.Generator().manual_seed(0)
     batches = [
@@ -94,7 +95,7 @@ def dkt_case(steps: int):
             return torch.optim.Adam(self.parameters(), lr=1e-3)
 
     def loss_fn(model, batch):
-        logits, targets, _ = model._targets(batch)
+        logits, targets, _ = next_step_targets(model(batch["skills"], batch["correct"]), batch)
         return F.binary_cross_entropy_with_logits(logits, targets)
 
     return (lambda: BenchDKT(num_skills=110, hidden_size=64)), batches, loss_fn, steps
@@ -171,12 +172,13 @@ PLAIN_SCRIPT = """
 import time, torch, torch.nn.functional as F
 from recipes.knowledge_tracing.datamodule import KTDataModule
 from recipes.knowledge_tracing.model import DKT
+from recipes.knowledge_tracing.objective import next_step_targets
 torch.manual_seed(0)
 dm = KTDataModule(); dm.prepare_data(); dm.setup("fit")
 model = DKT(num_skills=50, hidden_size=64, dropout=0.2)
 opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
 for batch in dm.train_dataloader():
-    logits, targets, _ = model._targets(batch)
+    logits, targets, _ = next_step_targets(model(batch["skills"], batch["correct"]), batch)
     F.binary_cross_entropy_with_logits(logits, targets).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step(); opt.zero_grad(set_to_none=True)

@@ -1,4 +1,12 @@
-"""Knowledge-tracing data as padded batches: kt_lines files, or the simulator's when no path is given.
+"""Knowledge-tracing data as padded batches, from three file formats or the simulator.
+
+    KTDataModule            kt_lines: train.txt, valid.txt, test.txt (kt_lines.py)
+    PyKTDataModule          pyKT's train_valid_sequences.csv and test_sequences.csv (kt_csv.py)
+    InteractionsDataModule  one CSV row per answer, split by student here (kt_csv.py)
+
+With path None each reads the simulator's cached dataset, written in its own format. All three
+share `KTSequenceData`: skill ids remapped to 0..n-1 over all splits, sequences cut into windows
+of at most max_len steps, the same batches.
 
 A batch is a dict of [B, T] tensors, padded to its longest window:
     skills   LongTensor, skill ids remapped to 0..num_skills-1 (0 on padding)
@@ -13,32 +21,50 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from recipes.knowledge_tracing.kt_csv import read_interactions_csv, read_pykt_csv
 from recipes.knowledge_tracing.kt_lines import KTSequence, read_kt_lines
-from recipes.knowledge_tracing.simulator import SPLITS, SimulatorConfig, cached_dataset
+from recipes.knowledge_tracing.simulator import (
+    INTERACTIONS_FILE,
+    PYKT_TEST,
+    PYKT_TRAIN_VALID,
+    SPLITS,
+    SimulatorConfig,
+    cached_dataset,
+)
 from trainkit.engine.data import DataModule
 from trainkit.errors import ConfigError, DataError
 
 _STAGE_SPLITS = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",), "predict": ("test",)}
 
 
-class KTDataModule(DataModule):
-    """Reads `<path>/{train,valid,test}.txt`; with path None, the simulator's cached dataset, for
-    which num_students and seed (ignored when path is set) and num_skills configure the simulator."""
+class KTSequenceData(DataModule):
+    """What the formats share. A format sets `data_format` (the simulator's writer to use),
+    `missing_path` (the error's hint when datamodule.path does not exist), optionally `min_len`,
+    and reads its files in `_read_raw`.
+
+    With path None, num_students, seed and num_skills configure the simulator; with a path,
+    num_students and seed are ignored (InteractionsDataModule also splits its students by seed).
+    """
+
+    data_format: str
+    missing_path: str
+    min_len = 2  # the shortest window kept: a first step, and a next one to predict
 
     def __init__(
         self,
-        path: str | None = None,
-        num_skills: int = 50,
-        max_len: int = 100,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        num_students: int = 4000,
-        seed: int = 0,
-        cache_dir: str | None = None,
+        path: str | None,
+        num_skills: int,
+        max_len: int,
+        batch_size: int,
+        num_workers: int,
+        num_students: int,
+        seed: int,
+        cache_dir: str | None,
     ) -> None:
-        if max_len < 2:
+        if max_len < self.min_len:
             raise ConfigError(
-                f"datamodule.max_len={max_len}: must be at least 2 (a window needs a next step to predict)"
+                f"datamodule.max_len={max_len}: must be at least {self.min_len}, the shortest window "
+                f"this format keeps (a window needs a next step to predict)"
             )
         if batch_size < 1:
             raise ConfigError(f"datamodule.batch_size={batch_size}: must be at least 1")
@@ -54,17 +80,18 @@ class KTDataModule(DataModule):
         self._windows: dict[str, list[KTSequence]] = {}
 
     def prepare_data(self) -> None:
-        self._data_dir()
+        self._source()
 
     def setup(self, stage: str) -> None:
         if stage not in _STAGE_SPLITS:
             raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(_STAGE_SPLITS)}")
-        # All three files are read even when the stage needs one: the id remapping is over their
+        # All splits are read even when the stage needs one: the id remapping is over their
         # union, so that a skill gets the same index at fit, test and predict time.
         if self._sequences is None:
-            self._sequences = self._read_splits()
+            source = self._source()
+            self._sequences = remap_skills(self._read_raw(source), self.num_skills, source)
         for split in _STAGE_SPLITS[stage]:
-            self._windows[split] = make_windows(self._sequences[split], self.max_len)
+            self._windows[split] = make_windows(self._sequences[split], self.max_len, self.min_len)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -89,41 +116,168 @@ class KTDataModule(DataModule):
             collate_fn=collate_kt,
         )
 
-    def _data_dir(self) -> Path:
+    def _source(self) -> Path:
+        """datamodule.path, checked; or with path None the simulated dataset's folder."""
         if self.path is None:
             simulator = SimulatorConfig(num_students=self.num_students, num_skills=self.num_skills, seed=self.seed)
-            return cached_dataset(simulator, self.cache_dir)
-        data_dir = Path(self.path).expanduser()
-        if not data_dir.is_dir():
+            return cached_dataset(simulator, self.cache_dir, self.data_format)
+        source = Path(self.path).expanduser()
+        if not source.exists():
             raise DataError(
-                f"datamodule.path={self.path}: no such folder; it must hold train.txt, valid.txt and test.txt "
-                f"in the kt_lines format (or leave path unset to use the simulated dataset)"
+                f"datamodule.path={self.path}: {self.missing_path} "
+                f"(or leave path unset to use the simulated dataset)"
             )
-        return data_dir
+        return source
 
-    def _read_splits(self) -> dict[str, list[KTSequence]]:
-        """The three splits, skill ids remapped to 0..n-1 over the sorted union of ids."""
-        data_dir = self._data_dir()
-        raw = {split: read_kt_lines(data_dir / f"{split}.txt") for split in SPLITS}
-        vocab = np.unique(np.concatenate([skills for seqs in raw.values() for skills, _ in seqs]))
-        if len(vocab) > self.num_skills:
+    def _read_raw(self, source: Path) -> dict[str, list[KTSequence]]:
+        """The train, valid and test sequences with the file's skill ids."""
+        raise NotImplementedError
+
+
+class KTDataModule(KTSequenceData):
+    """Reads `<path>/{train,valid,test}.txt` in the kt_lines format."""
+
+    data_format = "kt_lines"
+    missing_path = "no such folder; it must hold train.txt, valid.txt and test.txt in the kt_lines format"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        num_skills: int = 50,
+        max_len: int = 100,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        num_students: int = 4000,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(path, num_skills, max_len, batch_size, num_workers, num_students, seed, cache_dir)
+
+    def _read_raw(self, source: Path) -> dict[str, list[KTSequence]]:
+        return {split: read_kt_lines(source / f"{split}.txt") for split in SPLITS}
+
+
+class PyKTDataModule(KTSequenceData):
+    """Reads pyKT's `<path>/train_valid_sequences.csv` (folds 0-4) and `<path>/test_sequences.csv`
+    (or train_valid.csv and test.csv, the same rows before pyKT's windowing). Fold `fold` is the
+    validation split, the other folds train. Windows shorter than 3 steps are dropped, as pyKT
+    does; max_len defaults to pyKT's 200.
+    """
+
+    data_format = "kt_pykt"
+    missing_path = f"no such folder; it must hold pyKT's {PYKT_TRAIN_VALID} and {PYKT_TEST}"
+    min_len = 3
+
+    def __init__(
+        self,
+        path: str | None = None,
+        fold: int = 0,
+        num_skills: int = 50,
+        max_len: int = 200,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        num_students: int = 4000,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(path, num_skills, max_len, batch_size, num_workers, num_students, seed, cache_dir)
+        self.fold = fold
+
+    def _read_raw(self, source: Path) -> dict[str, list[KTSequence]]:
+        train_valid_file = _first_existing(source, PYKT_TRAIN_VALID, "train_valid.csv")
+        train_valid = read_pykt_csv(train_valid_file)
+        folds = sorted({fold for fold, _ in train_valid})
+        if self.fold not in folds:
             raise DataError(
-                f"{data_dir}: the data has {len(vocab)} distinct skill ids but datamodule.num_skills="
-                f"{self.num_skills}; set datamodule.num_skills={len(vocab)}"
+                f"{train_valid_file}: datamodule.fold={self.fold} is not a fold of this file; "
+                f"choose one of {', '.join(map(str, folds))}"
             )
-        return {split: [(np.searchsorted(vocab, s), c) for s, c in seqs] for split, seqs in raw.items()}
+        return {
+            "train": [sequence for fold, sequence in train_valid if fold != self.fold],
+            "valid": [sequence for fold, sequence in train_valid if fold == self.fold],
+            "test": [sequence for _, sequence in read_pykt_csv(_first_existing(source, PYKT_TEST, "test.csv"))],
+        }
 
 
-def make_windows(sequences: list[KTSequence], max_len: int) -> list[KTSequence]:
+class InteractionsDataModule(KTSequenceData):
+    """Reads one CSV file of answers (`path`), one row each, in the columns that user_col,
+    skill_col, correct_col and order_col (None: file order) name; groups them per student and
+    splits the students 80/10/10 into train/valid/test, shuffled by `seed`. Skill ids may be
+    any strings.
+    """
+
+    data_format = "kt_interactions"
+    missing_path = "no such file; it must be a CSV file with one row per answer"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        user_col: str = "user_id",
+        skill_col: str = "skill_id",
+        correct_col: str = "correct",
+        order_col: str | None = "order_id",
+        num_skills: int = 50,
+        max_len: int = 100,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        num_students: int = 4000,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(path, num_skills, max_len, batch_size, num_workers, num_students, seed, cache_dir)
+        self.user_col = user_col
+        self.skill_col = skill_col
+        self.correct_col = correct_col
+        self.order_col = order_col
+
+    def _read_raw(self, source: Path) -> dict[str, list[KTSequence]]:
+        csv_file = source / INTERACTIONS_FILE if self.path is None else source
+        students = read_interactions_csv(csv_file, self.user_col, self.skill_col, self.correct_col, self.order_col)
+        return random_split(students, self.seed)
+
+
+def _first_existing(folder: Path, *names: str) -> Path:
+    """The first of the files that exists in folder; DataError naming them all when none does."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"{folder}: no {' or '.join(names)}; check datamodule.path")
+
+
+def random_split(students: list[KTSequence], seed: int) -> dict[str, list[KTSequence]]:
+    """80/10/10 train/valid/test in a seeded random order: the same split on every run."""
+    order = np.random.default_rng(seed).permutation(len(students))
+    n_train, n_valid = int(0.8 * len(students)), int(0.1 * len(students))
+    shuffled = [students[i] for i in order]
+    return {
+        "train": shuffled[:n_train],
+        "valid": shuffled[n_train : n_train + n_valid],
+        "test": shuffled[n_train + n_valid :],
+    }
+
+
+def remap_skills(raw: dict[str, list[KTSequence]], num_skills: int, source: Path) -> dict[str, list[KTSequence]]:
+    """The splits with skill ids (integers or strings) remapped to 0..n-1 over their sorted union;
+    DataError when num_skills is smaller than n."""
+    vocab = np.unique(np.concatenate([skills for seqs in raw.values() for skills, _ in seqs]))
+    if len(vocab) > num_skills:
+        raise DataError(
+            f"{source}: the data has {len(vocab)} distinct skill ids but datamodule.num_skills="
+            f"{num_skills}; set datamodule.num_skills={len(vocab)}"
+        )
+    return {split: [(np.searchsorted(vocab, s), c) for s, c in seqs] for split, seqs in raw.items()}
+
+
+def make_windows(sequences: list[KTSequence], max_len: int, min_len: int = 2) -> list[KTSequence]:
     """Cut each sequence into consecutive windows of at most max_len steps, in order.
 
-    Every interaction lands in exactly one window; a window of 1 step is dropped, as it has no
-    next step to predict.
+    Every interaction lands in exactly one window; a window shorter than min_len is dropped (a
+    window of 1 step has no next step to predict).
     """
     windows = []
     for skills, correct in sequences:
         for start in range(0, len(skills), max_len):
-            if len(skills) - start >= 2:
+            if len(skills) - start >= min_len:
                 windows.append((skills[start : start + max_len], correct[start : start + max_len]))
     return windows
 

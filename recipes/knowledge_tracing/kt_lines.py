@@ -60,7 +60,7 @@ def _parse_record(path: Path, record: list[tuple[int, str]]) -> KTSequence:
     length = _parse_ints(path, start, length_line, "the sequence length")
     if len(length) != 1 or length[0] < 1:
         raise DataError(
-            f"{path}, line {start}: expected a sequence length (one positive integer), found {_preview(length_line)}; "
+            f"{path}, line {start}: expected a sequence length (one positive integer), found {preview(length_line)}; "
             f"{_FORMAT_HINT}"
         )
     skills = _parse_ints(path, ids_no, ids_line, "skill ids")
@@ -88,7 +88,7 @@ def _parse_ints(path: Path, line_no: int, line: str, what: str) -> np.ndarray:
         position, field = next((i, f) for i, f in enumerate(fields, 1) if not _is_int(f))
         raise DataError(
             f"{path}, line {line_no}: {what} must be comma-separated integers, but item {position} is "
-            f"{_preview(field.strip())}; {_FORMAT_HINT}"
+            f"{preview(field.strip())}; {_FORMAT_HINT}"
         ) from None
 
 
@@ -100,7 +100,7 @@ def _is_int(text: str) -> bool:
     return True
 
 
-def _preview(text: str, limit: int = 40) -> str:
+def preview(text: str, limit: int = 40) -> str:
     """The text quoted, cut short: a misaligned record can put a whole id list where one number belongs."""
     return repr(text if len(text) <= limit else text[:limit] + "...")
 

@@ -2,20 +2,20 @@
 
 Each interaction (skill s, correct c) becomes one token `s + num_skills * c`; an LSTM reads the
 student's history, and a linear layer gives, after step t, the probability of a correct answer
-on every skill. The loss and the metrics use the probability for the skill actually asked at
-t + 1: masked BCE over all real next steps (padding never counts), AUC and accuracy over every
-such prediction of the epoch (exact, not an average of per-batch AUCs).
+on every skill. The loss and the metrics (objective.py, shared with SAKT) use the probability
+for the skill actually asked at t + 1: masked BCE over all real next steps (padding never
+counts), AUC and accuracy over every such prediction of the epoch (exact, not an average of
+per-batch AUCs).
 
     trainkit fit model=knowledge_tracing model.hidden_size=128 model.num_layers=2
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from recipes.knowledge_tracing.objective import Batch, KTObjective
 from trainkit.engine.module import TrainModule
-from trainkit.metrics import BinaryMetrics
 
 
 class DKT(TrainModule):
@@ -28,8 +28,7 @@ class DKT(TrainModule):
         )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, num_skills)
-        self.val_metrics = BinaryMetrics()
-        self.test_metrics = BinaryMetrics()
+        self.objective = KTObjective()
 
     def forward(self, skills: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
         """Logits [B, T-1]: entry t predicts the answer at step t+1 from steps 0..t."""
@@ -46,43 +45,20 @@ class DKT(TrainModule):
                 return self.lstm(x.float())[0]
         return self.lstm(x)[0]
 
-    def _targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mask = batch["mask"][:, 1:]
-        logits = self(batch["skills"], batch["correct"])[mask]
-        targets = batch["correct"][:, 1:][mask].to(logits.dtype)
-        return logits, targets, mask
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self.objective.training_step(self(batch["skills"], batch["correct"]), batch, self)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits, targets, _ = self._targets(batch)
-        loss = F.binary_cross_entropy_with_logits(logits, targets)
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.objective.evaluation_step(self(batch["skills"], batch["correct"]), batch, "val", self.log)
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], prefix: str, metrics: BinaryMetrics) -> None:
-        logits, targets, _ = self._targets(batch)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float())
-        # Weighted by the number of predictions: the epoch value is the exact mean over all of them.
-        self.log(f"{prefix}/loss", loss, prog_bar=True, batch_size=targets.numel())
-        metrics.update(torch.sigmoid(logits.float()), targets)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_metrics)
-
-    def _log_epoch(self, prefix: str, metrics: BinaryMetrics) -> None:
-        values = metrics.compute()
-        metrics.reset()
-        self.log(f"{prefix}/auc", values["auc"], prog_bar=True)
-        self.log(f"{prefix}/acc", values["acc"], prog_bar=True)
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.objective.evaluation_step(self(batch["skills"], batch["correct"]), batch, "test", self.log)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val", self.val_metrics)
+        self.objective.evaluation_epoch_end("val", self.log)
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test", self.test_metrics)
+        self.objective.evaluation_epoch_end("test", self.log)
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        """Probability of a correct answer at each next step; `mask` marks the real ones."""
-        return {"prob": torch.sigmoid(self(batch["skills"], batch["correct"]).float()), "mask": batch["mask"][:, 1:]}
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.objective.predict_step(self(batch["skills"], batch["correct"]), batch)

@@ -34,6 +34,11 @@ practised the earlier ones: they struggle where they skipped the prerequisites.
 
 Lengths. Each student answers round(LogNormal(log(length_median), length_sigma)) questions,
 clipped to [min_length, max_length].
+
+Files
+-----
+`cached_dataset` writes the students once per config, in the format of the datamodule that asks
+(kt_lines, kt_pykt or kt_interactions; see FORMATS), so that each loader reads real files.
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recipes.knowledge_tracing.kt_csv import write_interactions_csv, write_pykt_csv
 from recipes.knowledge_tracing.kt_lines import KTSequence, write_kt_lines
 from trainkit.errors import ConfigError
 
@@ -56,6 +62,10 @@ from trainkit.errors import ConfigError
 SIMULATOR_VERSION = 1
 
 SPLITS = ("train", "valid", "test")
+# The simulated datasets' file names in the CSV formats (pyKT's own names for its two files).
+PYKT_TRAIN_VALID, PYKT_TEST = "train_valid_sequences.csv", "test_sequences.csv"
+PYKT_FOLDS = 5
+INTERACTIONS_FILE = "interactions.csv"
 
 
 @dataclass(frozen=True)
@@ -186,8 +196,8 @@ def _start_blocks(
     left[idx] = np.where(revisit, review_len, new_len)
 
 
-def generate_dataset(out_dir: Path, cfg: SimulatorConfig) -> None:
-    """Simulate, split students 80/10/10, and write train/valid/test.txt (kt_lines) into out_dir.
+def generate_dataset(out_dir: Path, cfg: SimulatorConfig, data_format: str = "kt_lines") -> None:
+    """Simulate and write the students into out_dir in data_format (a key of FORMATS).
 
     Atomic: the files are written to a temporary folder next to out_dir, which is then renamed,
     so a reader never sees a half-written dataset, whether the writer is killed or races another.
@@ -195,18 +205,11 @@ def generate_dataset(out_dir: Path, cfg: SimulatorConfig) -> None:
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _, write = FORMATS[data_format]
     students = simulate(cfg)
-    # Students are i.i.d. draws, so contiguous slices are random (and deterministic) splits.
-    n_train, n_valid = int(0.8 * len(students)), int(0.1 * len(students))
-    splits = {
-        "train": students[:n_train],
-        "valid": students[n_train : n_train + n_valid],
-        "test": students[n_train + n_valid :],
-    }
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        for name, sequences in splits.items():
-            write_kt_lines(tmp_dir / f"{name}.txt", sequences)
+        write(tmp_dir, students, cfg)
         try:
             tmp_dir.rename(out_dir)
         except OSError:
@@ -218,16 +221,64 @@ def generate_dataset(out_dir: Path, cfg: SimulatorConfig) -> None:
             shutil.rmtree(tmp_dir)
 
 
-def cached_dataset(cfg: SimulatorConfig, cache_dir: str | None) -> Path:
-    """The folder `<cache_dir>/kt_simulator/<hash of cfg>/`, generated on first use.
+def split_students(students: list[KTSequence]) -> dict[str, list[KTSequence]]:
+    """80/10/10 train/valid/test. Students are i.i.d. draws, so contiguous slices are random
+    (and deterministic) splits."""
+    n_train, n_valid = int(0.8 * len(students)), int(0.1 * len(students))
+    return {
+        "train": students[:n_train],
+        "valid": students[n_train : n_train + n_valid],
+        "test": students[n_train + n_valid :],
+    }
+
+
+def _write_kt_lines(folder: Path, students: list[KTSequence], cfg: SimulatorConfig) -> None:
+    """train.txt, valid.txt and test.txt."""
+    for name, sequences in split_students(students).items():
+        write_kt_lines(folder / f"{name}.txt", sequences)
+
+
+def _write_pykt(folder: Path, students: list[KTSequence], cfg: SimulatorConfig) -> None:
+    """pyKT's two files: the train and valid students in 5 folds of (nearly) equal size, as
+    pyKT's preprocessing splits them, and the test students (fold -1)."""
+    splits = split_students(students)
+    train_valid = splits["train"] + splits["valid"]
+    folds = np.arange(len(train_valid)) * PYKT_FOLDS // len(train_valid)
+    write_pykt_csv(folder / PYKT_TRAIN_VALID, zip(folds.tolist(), train_valid))
+    write_pykt_csv(folder / PYKT_TEST, [(-1, student) for student in splits["test"]])
+
+
+def _write_interactions(folder: Path, students: list[KTSequence], cfg: SimulatorConfig) -> None:
+    """All students in one file (the loader splits them), one row per answer. order_id counts up
+    through each student's answers and the rows are shuffled, so that every run exercises the
+    loader's grouping by student and sorting by order_id."""
+    user = np.concatenate([np.full(len(skills), s) for s, (skills, _) in enumerate(students)])
+    skill = np.concatenate([skills for skills, _ in students])
+    correct = np.concatenate([correct for _, correct in students])
+    rows = np.stack([user, skill, correct, np.arange(len(user))], axis=1)
+    shuffle = np.random.default_rng([cfg.seed, 2]).permutation(len(rows))  # a stream of its own
+    write_interactions_csv(folder / INTERACTIONS_FILE, rows[shuffle].tolist())
+
+
+# Format name -> (its folder in the cache, its writer).
+FORMATS = {
+    "kt_lines": ("kt_simulator", _write_kt_lines),
+    "kt_pykt": ("kt_simulator_pykt", _write_pykt),
+    "kt_interactions": ("kt_simulator_interactions", _write_interactions),
+}
+
+
+def cached_dataset(cfg: SimulatorConfig, cache_dir: str | None, data_format: str = "kt_lines") -> Path:
+    """The folder `<cache_dir>/<format's folder>/<hash of cfg>/`, generated on first use.
 
     cache_dir None means $TRAINKIT_CACHE if set, else ~/.cache/trainkit.
     """
-    out_dir = cache_root(cache_dir) / "kt_simulator" / config_hash(cfg)
+    folder, _ = FORMATS[data_format]
+    out_dir = cache_root(cache_dir) / folder / config_hash(cfg)
     # The folder only ever appears complete (generate_dataset renames it into place).
     if not out_dir.exists():
         try:
-            generate_dataset(out_dir, cfg)
+            generate_dataset(out_dir, cfg, data_format)
         except FileExistsError:
             pass  # another process generated the same data first
     return out_dir

@@ -1,0 +1,122 @@
+"""Several real processes on CPU (gloo), started by trainkit's local launcher or by torchrun."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from tests.conftest import ROOT, SMALL_DATA
+from tests.conftest import run_cli as _run_cli
+from trainkit import checkpoint
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two processes on two cores; and steadier sums
+# No dropout: its masks come from each process's RNG, the one thing that cannot be split the same
+# way over 1 and 2 processes.
+BASE = ["datamodule.num_students=300", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+        "trainer.limit_train_batches=10", "model.dropout=0.0"]
+
+
+def run_cli(*args: str):
+    return _run_cli(*args, env=ONE_THREAD)
+
+
+def rows(run) -> dict[int, dict[str, str]]:
+    return {int(r["step"]): r for r in csv.DictReader(open(run / "metrics.csv"))}
+
+
+def losses(run) -> dict[int, float]:
+    return {s: float(r["train/loss"]) for s, r in rows(run).items() if r.get("train/loss")}
+
+
+def final_weights(run) -> dict[str, torch.Tensor]:
+    out = run / "weights.pt"
+    checkpoint.export_model(checkpoint.resolve(str(run / "checkpoints")), str(out))
+    return torch.load(out, weights_only=True)
+
+
+def assert_close_runs(a, b):
+    la, lb = losses(a), losses(b)
+    assert la.keys() == lb.keys() and len(la) >= 10
+    for step in la:
+        assert abs(la[step] - lb[step]) <= 1e-4 * abs(la[step]), (step, la[step], lb[step])
+    wa, wb = final_weights(a), final_weights(b)
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli("fit", *BASE, "datamodule.batch_size=32", f"hydra.run.dir={one}").returncode == 0
+    result = run_cli("fit", *BASE, "trainer.devices=2", "datamodule.batch_size=16", f"hydra.run.dir={two}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("starting 2 worker processes") == 1
+    assert_close_runs(one, two)
+    # validation over the gathered predictions of both ranks: the same AUC as one process
+    last = max(s for s, r in rows(one).items() if r.get("val/auc"))
+    assert abs(float(rows(one)[last]["val/auc"]) - float(rows(two)[last]["val/auc"])) < 1e-4
+
+
+def test_gradient_accumulation_under_ddp_equals_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    accumulate = "trainer.accumulate_grad_batches=2"
+    assert run_cli("fit", *BASE, accumulate, "datamodule.batch_size=32", "trainer.limit_train_batches=20",
+                   f"hydra.run.dir={one}").returncode == 0
+    result = run_cli("fit", *BASE, accumulate, "trainer.devices=2", "datamodule.batch_size=16",
+                     "trainer.limit_train_batches=20", f"hydra.run.dir={two}")
+    assert result.returncode == 0, result.stderr
+    assert_close_runs(one, two)
+
+
+def test_a_killed_worker_is_restarted_and_the_run_continues_exactly(tmp_path):
+    plain, restarted = tmp_path / "plain", tmp_path / "restarted"
+    common = [*BASE, "trainer.devices=2", "datamodule.batch_size=16", "trainer.checkpoint_every_n_steps=3"]
+    assert run_cli("fit", *common, f"hydra.run.dir={plain}").returncode == 0
+    kill = ["+callbacks.kill._target_=tests.integration.chaos.SignalAt", "+callbacks.kill.batch=7",
+            "+callbacks.kill.rank=1", "trainer.max_restarts=1"]
+    result = run_cli("fit", *common, *kill, f"hydra.run.dir={restarted}")
+    assert result.returncode == 0, result.stderr
+    log = (restarted / "trainkit.log").read_text()
+    assert "resumed from" in log and "step=6" in log
+    assert losses(plain) == losses(restarted)
+    wa, wb = final_weights(plain), final_weights(restarted)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_worker_that_raises_ends_the_run_naming_its_rank(tmp_path):
+    run = tmp_path / "run"
+    start = time.monotonic()
+    result = run_cli("fit", *BASE, "trainer.devices=2", "datamodule.batch_size=16",
+                     "+callbacks.boom._target_=tests.integration.chaos.RaiseAt", "+callbacks.boom.batch=3",
+                     "+callbacks.boom.rank=1", f"hydra.run.dir={run}")
+    assert result.returncode == 1
+    assert "worker rank 1 failed with exit code 1: RuntimeError: injected failure on rank 1" in result.stderr
+    assert time.monotonic() - start < 60
+    # no worker of this run is left behind
+    leftovers = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if str(run / "config.yaml") in cmdline:
+                leftovers.append(pid)
+    assert not leftovers
+
+
+def test_torchrun_workers_run_as_workers_in_one_run_directory(tmp_path):
+    outputs = tmp_path / "outputs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "trainkit",
+           "fit", *SMALL_DATA, "trainer.devices=2", "trainer.max_epochs=1", "trainer.limit_train_batches=4",
+           f"hydra.run.dir={outputs}/run_${{now:%H-%M-%S}}_${{run_id:}}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **ONE_THREAD})
+    assert result.returncode == 0, result.stderr
+    runs = list(outputs.iterdir())
+    assert len(runs) == 1, runs  # each rank composed its own name; only rank 0's is kept
+    assert (runs[0] / "metrics.csv").exists() and (runs[0] / "config.yaml").exists()
+    assert "starting 2 worker processes" not in result.stdout  # no second spawn

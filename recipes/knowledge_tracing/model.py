@@ -46,7 +46,7 @@ class DKT(TrainModule):
         return self.lstm(x)[0]
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self.objective.training_step(self(batch["skills"], batch["correct"]), batch, self)
+        return self.objective.training_step(lambda: self(batch["skills"], batch["correct"]), batch, self)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self.objective.evaluation_step(self(batch["skills"], batch["correct"]), batch, "val", self.log)

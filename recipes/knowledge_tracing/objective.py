@@ -35,13 +35,14 @@ class KTObjective:
     def __init__(self) -> None:
         self.metrics = {"val": BinaryMetrics(), "test": BinaryMetrics()}
 
-    def training_step(self, logits: torch.Tensor, batch: Batch, module: TrainModule) -> torch.Tensor:
-        logits, targets, _ = next_step_targets(logits, batch)
+    def training_step(self, forward: Callable[[], torch.Tensor], batch: Batch, module: TrainModule) -> torch.Tensor:
+        """`forward()` gives the logits; it runs while the processes exchange their counts."""
         # The mean over every real next step of the *global* batch: ranks hold different numbers
         # of real steps (padding), so each divides its sum by the count over all processes and
         # multiplies by their number (DDP averages gradients over ranks). One process: the plain mean.
-        count = module.sum_over_processes(torch.tensor(float(targets.numel()), device=logits.device))
-        loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") * (module.trainer.world_size / count)
+        count = module.sum_over_processes(batch["mask"][:, 1:].sum(dtype=torch.float32), async_op=True)
+        logits, targets, _ = next_step_targets(forward(), batch)
+        loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") * (module.trainer.world_size / count.wait())
         module.log("train/loss", loss, prog_bar=True)
         return loss
 

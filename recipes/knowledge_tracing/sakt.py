@@ -70,7 +70,7 @@ class SAKT(TrainModule):
         return self.head(self.dropout(hidden)).squeeze(-1)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self.objective.training_step(self(batch["skills"], batch["correct"]), batch, self)
+        return self.objective.training_step(lambda: self(batch["skills"], batch["correct"]), batch, self)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self.objective.evaluation_step(self(batch["skills"], batch["correct"]), batch, "val", self.log)

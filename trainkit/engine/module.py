@@ -83,17 +83,29 @@ class TrainModule(nn.Module):
             name, value, prog_bar=prog_bar, on_step=on_step, on_epoch=on_epoch, batch_size=batch_size
         )
 
-    def sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+    def sum_over_processes(self, tensor: torch.Tensor, async_op: bool = False) -> Any:
         """`tensor` summed over all processes (itself in one process); not differentiated.
 
         For losses averaged over a varying number of items (masked tokens, padded steps): divide
         the summed loss by the count over all processes and multiply by `trainer.world_size`,
         and the gradient DDP averages is that of the global mean — the same as one process on
-        the whole global batch.
+        the whole global batch. With `async_op=True` it returns a handle whose `wait()` gives the
+        sum: start it before the forward pass and the exchange overlaps with it.
         """
-        reduce = getattr(self.trainer.strategy, "all_reduce_sum", None)
-        return reduce(tensor.detach().clone()) if reduce is not None else tensor.detach()
+        start = getattr(self.trainer.strategy, "all_reduce_sum_async", None)
+        pending = start(tensor.detach().clone()) if start is not None else _Done(tensor.detach())
+        return pending if async_op else pending.wait()
 
     def log_dict(self, values: dict[str, torch.Tensor | float], **kwargs: Any) -> None:
         for name, value in values.items():
             self.log(name, value, **kwargs)
+
+
+class _Done:
+    """The handle `sum_over_processes(async_op=True)` gives in one process: nothing to wait for."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+    def wait(self) -> torch.Tensor:
+        return self.value

@@ -31,6 +31,17 @@ class _TrainingStep(nn.Module):
         return self.module.training_step(batch, batch_idx)
 
 
+class _Pending:
+    """An all-reduce under way; `wait()` gives the summed tensor."""
+
+    def __init__(self, tensor: torch.Tensor, work: Any) -> None:
+        self.tensor, self.work = tensor, work
+
+    def wait(self) -> torch.Tensor:
+        self.work.wait()
+        return self.tensor
+
+
 def init_process_group(env: DistEnv, backend: str, timeout_s: float) -> None:
     """Join the group through the launcher's rendezvous store, under a prefix per restart attempt:
     a restarted gloo group that reused the first attempt's keys failed to connect or hung here."""
@@ -76,9 +87,11 @@ class DDPStrategy:
         return self.local.clip_gradients(parameters, max_norm, algorithm)  # grads are identical on all ranks
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.all_reduce_sum_async(tensor).wait()
+
+    def all_reduce_sum_async(self, tensor: torch.Tensor) -> "_Pending":
         tensor = tensor.to(self.root_device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
+        return _Pending(tensor, dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True))
 
     def barrier(self) -> None:
         dist.barrier()

@@ -159,7 +159,8 @@ def run_worker(config_path: str) -> dict[str, float]:
         _report("final validation", results)
     elif command == "predict":
         predictions = trainer.predict(model, datamodule=datamodule)
-        out = os.path.join(run_dir, "predictions.pt")
+        name = "predictions.pt" if env.world_size == 1 else f"predictions.rank{env.rank}.pt"  # each rank's shard
+        out = os.path.join(run_dir, name)
         torch.save(predictions, out)
         log.info("predictions: %s (%d batches)", out, len(predictions))
         results = {}

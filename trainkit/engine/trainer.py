@@ -195,9 +195,7 @@ class Trainer:
                 train_loader, val_loader = train_dataloaders, val_dataloaders
             if train_loader is None:
                 raise UserError("fit needs training data: pass train_dataloaders= or a datamodule")
-            # One seed for the data order on every rank: the run's seed, or one drawn from the
-            # (seeded or not) global RNG, which is the same on all ranks at this point.
-            self._data_seed = self.seed if self.seed is not None else int(torch.randint(2**31 - 1, ()).item())
+            self._data_seed = self._shared_data_seed()
             train_loader = self._distribute(train_loader, train=True)
             val_loader = self._distribute(val_loader, train=False)
             self.train_dataloader = train_loader
@@ -228,6 +226,7 @@ class Trainer:
     ) -> list[Any]:
         def run() -> list[Any]:
             loader = dataloaders if dataloaders is not None else datamodule.predict_dataloader()
+            loader = self._distribute(loader, train=False)  # each rank predicts its own shard
             limit = _num_batches(loader, self.limit_predict_batches)
             self._call("on_predict_start")
             outputs = []
@@ -482,6 +481,14 @@ class Trainer:
         self._last_val_step = self.state.global_step
         self._evaluate("validate", module, val_loader, self.num_val_batches)
 
+    def _shared_data_seed(self) -> int:
+        """One seed for the data order on every rank: the run's seed, or rank 0's random draw."""
+        if self.seed is not None:
+            return self.seed
+        draw = int(torch.randint(2**31 - 1, ()).item()) if self.is_global_zero else 0
+        reduce = getattr(self.strategy, "all_reduce_sum", None)
+        return int(reduce(torch.tensor(draw, dtype=torch.int64)).item()) if reduce is not None else draw
+
     def _distribute(self, loader: Iterable | None, train: bool) -> Iterable | None:
         return distribute_loader(loader, self.strategy.global_rank, self.strategy.world_size, self._data_seed, train)
 
@@ -626,8 +633,9 @@ class Trainer:
 
         path = self._checkpoint_to_load()
         if path is None:
-            log.warning("no checkpoint to load (trainer.resume=%s): %s runs on the module's current weights",
-                        self.resume, self.state.stage)
+            if self.resume == "auto":
+                log.warning("trainer.resume=auto found no checkpoint: %s runs on the model's initial weights",
+                            self.state.stage)
             return
         checkpoint.load_model_weights(path, self.model)
         log.info("loaded weights from %s", path)

@@ -47,8 +47,7 @@ def run_composed(command: str, cfg: DictConfig) -> dict[str, float]:
 
     setup_logging(None)
     log.info("run directory: %s", run_dir)
-    launch(config_path, processes, cfg.trainer.max_restarts)
-    log.info("run directory: %s", run_dir)
+    launch(config_path, processes, cfg.trainer.max_restarts)  # rank 0 prints the results and the run dir
     return {}
 
 

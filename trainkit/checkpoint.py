@@ -232,9 +232,12 @@ def load(
     else:
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     trainer_state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=True)
+    return trainer_state, load_rank_state(path, rank)
+
+
+def load_rank_state(path: str, rank: int) -> dict[str, Any] | None:
     rank_file = os.path.join(path, f"rank{rank}.pt")
-    rank_state = torch.load(rank_file, map_location="cpu", weights_only=True) if os.path.exists(rank_file) else None
-    return trainer_state, rank_state
+    return torch.load(rank_file, map_location="cpu", weights_only=True) if os.path.exists(rank_file) else None
 
 
 def load_model_weights(path: str, model: torch.nn.Module) -> None:

@@ -2,5 +2,5 @@
 
 COMMANDS = ("fit", "validate", "test", "predict")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed", "bf16-true")
-STRATEGIES = ("auto", "single", "ddp")
+STRATEGIES = ("auto", "single", "ddp", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu")

@@ -17,7 +17,7 @@ import inspect
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -60,6 +60,8 @@ class StrategyConfig:
     name: str = "auto"
     find_unused_parameters: bool = False  # ddp: only for models that skip parameters in some steps
     timeout_s: float = 1800.0  # a collective that waits longer than this fails (a stalled rank)
+    wrap_modules: List[str] = field(default_factory=list)  # fsdp: classes sharded as their own units
+    cpu_offload: bool = False  # fsdp: keep sharded parameters and optimizer state in CPU memory
 
 
 @dataclass

@@ -95,7 +95,9 @@ def exactness_settings(cfg: DictConfig) -> dict[str, Any]:
     container = OmegaConf.to_container(cfg)
     for group in ("model", "datamodule", "optimizer", "scheduler"):
         walk(group, container.get(group) or {})
-    for key in ("num_workers", "cache_dir"):  # change the speed, not the numbers
+    # num_workers and cache_dir change the speed, not the numbers; the per-process batch size may
+    # change with the number of processes (the Trainer compares the global batch instead).
+    for key in ("num_workers", "cache_dir", "batch_size"):
         flat.pop(f"datamodule.{key}", None)
     flat["trainer.seed"] = cfg.trainer.seed
     flat["trainer.limit_train_batches"] = cfg.trainer.limit_train_batches
@@ -126,8 +128,9 @@ def run_worker(config_path: str) -> dict[str, float]:
         seed_everything(t.seed)  # before the model exists: its initial weights follow the seed
     datamodule = instantiate(cfg.datamodule)
     model = instantiate(cfg.model)
-    strategy = make_strategy(cfg.strategy.name, t.accelerator, t.devices, t.num_nodes, env,
-                             cfg.strategy.find_unused_parameters, cfg.strategy.timeout_s)
+    s = cfg.strategy
+    strategy = make_strategy(s.name, t.accelerator, t.devices, t.num_nodes, env, s.find_unused_parameters, s.timeout_s,
+                             str(cfg.precision.mode), list(s.wrap_modules), s.cpu_offload)
     precision = Precision(
         str(cfg.precision.mode), strategy.root_device.type, cfg.precision.init_scale, cfg.precision.growth_interval
     )

@@ -120,3 +120,34 @@ def test_torchrun_workers_run_as_workers_in_one_run_directory(tmp_path):
     assert len(runs) == 1, runs  # each rank composed its own name; only rank 0's is kept
     assert (runs[0] / "metrics.csv").exists() and (runs[0] / "config.yaml").exists()
     assert "starting 2 worker processes" not in result.stdout  # no second spawn
+
+
+FSDP = ["strategy=fsdp", "strategy.wrap_modules=[LSTM]"]
+
+
+def test_fsdp_trains_like_one_process_and_its_sharded_checkpoint_reads_back_whole(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli("fit", *BASE, "datamodule.batch_size=32", f"hydra.run.dir={one}").returncode == 0
+    result = run_cli("fit", *BASE, *FSDP, "trainer.devices=2", "datamodule.batch_size=16", f"hydra.run.dir={two}")
+    assert result.returncode == 0, result.stderr
+    shards = list((two / "checkpoints" / "last" / "state").glob("*.distcp"))
+    assert len(shards) == 2  # one file per rank
+    assert_close_runs(one, two)  # final weights exported in this single process: DCP reshards
+
+
+def test_a_checkpoint_resumes_on_another_number_of_processes(tmp_path):
+    reference = tmp_path / "reference"
+    common = [*BASE, "trainer.checkpoint_every_n_steps=3"]
+    one = ["datamodule.batch_size=32"]
+    two = [*FSDP, "trainer.devices=2", "datamodule.batch_size=16"]
+    assert run_cli("fit", *common, *one, f"hydra.run.dir={reference}").returncode == 0
+    for first, then in ((two, one), (one, two)):
+        run = tmp_path / f"run{len(first)}"
+        assert run_cli("fit", *common, *first, "trainer.max_steps=7", f"hydra.run.dir={run}").returncode == 0
+        result = run_cli("fit", *common, *then, f"hydra.run.dir={run}")
+        assert result.returncode == 0, result.stderr
+        assert "resumed from" in (run / "trainkit.log").read_text()
+        la, lb = losses(reference), losses(run)
+        assert la.keys() == lb.keys()
+        for step in la:
+            assert abs(la[step] - lb[step]) <= 1e-4 * abs(la[step]), (first, step, la[step], lb[step])

@@ -147,7 +147,7 @@ def test_resume_with_a_different_batch_size_is_refused(tmp_path):
     assert run_cli("fit", *BASE, "trainer.max_epochs=1", f"hydra.run.dir={run}").returncode == 0
     result = run_cli("fit", *BASE, "datamodule.batch_size=8", f"hydra.run.dir={run}")
     assert result.returncode == 2
-    assert "datamodule.batch_size: 16 -> 8" in result.stderr and "trainer.resume_strict=false" in result.stderr
+    assert "global batch size: 16 -> 8" in result.stderr and "trainer.resume_strict=false" in result.stderr
     result = run_cli("fit", *BASE, "datamodule.batch_size=8", "trainer.resume_strict=false", f"hydra.run.dir={run}")
     assert result.returncode == 0 and "not an exact continuation" in result.stdout
 

@@ -553,11 +553,14 @@ class Trainer:
         return keyed
 
     def _settings(self) -> dict[str, Any]:
-        """What must match for a resumed run to continue this one exactly."""
+        """What must match for a resumed run to continue this one exactly. The number of
+        processes is not among them: with the same global batch the data order is the same on
+        any number (samplers.py) and DCP reshards model and optimizer."""
+        batches = getattr(self.train_dataloader, "batch_sampler", None)
+        per_process = getattr(batches, "batch_size", None) or getattr(self.train_dataloader, "batch_size", None)
         return {
-            "world_size": self.strategy.world_size,
+            "global batch size": per_process * self.strategy.world_size if per_process else None,
             "train batches per epoch": self.num_training_batches,
-            "batch size": getattr(self.train_dataloader, "batch_size", None),
             "trainer.accumulate_grad_batches": self.accumulate_grad_batches,
             **self.hparams,
         }
@@ -621,9 +624,10 @@ class Trainer:
                 )
             log.warning("resuming from %s although settings differ (%s): not an exact continuation", path, listing)
         self.load_state_dict(trainer_state)
-        if rank_state is None:
-            raise UserError(f"{path} holds no state for rank {self.strategy.global_rank}: it was saved by fewer "
-                            "processes; resume with the same trainer.devices and trainer.num_nodes")
+        if rank_state is None:  # saved by fewer processes: this rank takes rank 0's RNG streams
+            log.warning("%s has no RNG state for rank %d (saved by fewer processes): using rank 0's",
+                        path, self.strategy.global_rank)
+            rank_state = checkpoint.load_rank_state(path, 0)
         self._resume_position = {"batch_idx": self.state.batch_idx, **rank_state}
         log.info("resumed from %s: step %d, epoch %d, batch %d of the epoch", path, self.state.global_step,
                  self.state.epoch, self.state.batch_idx)

@@ -1,7 +1,8 @@
 """Strategies: how the model is placed and how gradients and metrics cross processes.
 
 The Trainer talks to one `Strategy` object and never asks which kind it has: `single` (one
-device) or `ddp` (one process per device; `auto` picks it when there are several).
+device), `ddp` (one process per device; `auto` picks it when there are several) or `fsdp`
+(FSDP2: parameters, gradients and optimizer state sharded over the processes).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from trainkit.choices import ACCELERATORS, STRATEGIES
 from trainkit.errors import ConfigError
 from trainkit.launch.env import DistEnv
 from trainkit.strategies.ddp import DDPStrategy
+from trainkit.strategies.fsdp import FSDPStrategy
 from trainkit.strategies.single import SingleDeviceStrategy
 
 
@@ -33,6 +35,9 @@ def make_strategy(
     env: DistEnv | None = None,
     find_unused_parameters: bool = False,
     timeout_s: float = 1800.0,
+    precision_mode: str = "32",
+    wrap_modules: list[str] | None = None,
+    cpu_offload: bool = False,
 ) -> SingleDeviceStrategy | DDPStrategy:
     """The strategy for this process. `env` is the rank layout its launcher gave it."""
     if name not in STRATEGIES:
@@ -46,10 +51,12 @@ def make_strategy(
         )
     if name == "single" and wanted > 1:
         raise ConfigError(f"strategy=single runs one process, but {wanted} were asked for; use strategy=ddp")
-    if wanted == 1 and name != "ddp":
+    if wanted == 1 and name not in ("ddp", "fsdp"):
         return SingleDeviceStrategy(resolve_device(accelerator))
     device = resolve_device(accelerator)
     if device.type == "cuda":
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
+    if name == "fsdp":
+        return FSDPStrategy(env, device, precision_mode, wrap_modules, cpu_offload, timeout_s)
     return DDPStrategy(env, device, find_unused_parameters, timeout_s)

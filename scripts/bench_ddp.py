@@ -84,7 +84,7 @@ def run_trainkit(steps: int, env: dict[str, str], run_dir: str) -> tuple[float, 
     out = subprocess.run(
         [sys.executable, "-m", "trainkit", "fit", "trainer.devices=2", "datamodule.batch_size=16",
          f"trainer.max_steps={steps}", "trainer.limit_val_batches=0", "callbacks=none", "logger=none",
-         f"+callbacks.clock._target_=bench_ddp.StepClock", f"+callbacks.clock.last={steps}", f"hydra.run.dir={run_dir}"],
+         "+callbacks.clock._target_=bench_ddp.StepClock", f"+callbacks.clock.last={steps}", f"hydra.run.dir={run_dir}"],
         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
     stamps = _stamps(out)
     return stamps[1] - start, (steps - 1) * 32 / (stamps[steps] - stamps[1])

@@ -31,3 +31,26 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+
+
+def metric_rows(run: Path) -> dict[int, dict[str, str]]:
+    """metrics.csv of a run directory, by step (values as written: exact strings)."""
+    import csv
+
+    with open(run / "metrics.csv") as f:
+        return {int(r["step"]): r for r in csv.DictReader(f)}
+
+
+def train_losses(run: Path) -> dict[int, str]:
+    return {step: r["train/loss"] for step, r in metric_rows(run).items() if r.get("train/loss")}
+
+
+def final_weights(run: Path) -> dict:
+    """The model weights of the run's last checkpoint, read whole in this process (DCP reshards)."""
+    import torch
+
+    from trainkit import checkpoint
+
+    out = run / "weights.pt"
+    checkpoint.export_model(checkpoint.resolve(str(run / "checkpoints")), str(out))
+    return torch.load(out, weights_only=True)

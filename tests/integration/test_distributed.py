@@ -1,7 +1,6 @@
 """Several real processes on CPU (gloo), started by trainkit's local launcher or by torchrun."""
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -9,9 +8,8 @@ import time
 
 import torch
 
-from tests.conftest import ROOT, SMALL_DATA
+from tests.conftest import ROOT, SMALL_DATA, final_weights, metric_rows, train_losses
 from tests.conftest import run_cli as _run_cli
-from trainkit import checkpoint
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two processes on two cores; and steadier sums
 # No dropout: its masks come from each process's RNG, the one thing that cannot be split the same
@@ -24,18 +22,8 @@ def run_cli(*args: str):
     return _run_cli(*args, env=ONE_THREAD)
 
 
-def rows(run) -> dict[int, dict[str, str]]:
-    return {int(r["step"]): r for r in csv.DictReader(open(run / "metrics.csv"))}
-
-
 def losses(run) -> dict[int, float]:
-    return {s: float(r["train/loss"]) for s, r in rows(run).items() if r.get("train/loss")}
-
-
-def final_weights(run) -> dict[str, torch.Tensor]:
-    out = run / "weights.pt"
-    checkpoint.export_model(checkpoint.resolve(str(run / "checkpoints")), str(out))
-    return torch.load(out, weights_only=True)
+    return {step: float(loss) for step, loss in train_losses(run).items()}
 
 
 def assert_close_runs(a, b):
@@ -56,8 +44,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     assert result.stdout.count("starting 2 worker processes") == 1
     assert_close_runs(one, two)
     # validation over the gathered predictions of both ranks: the same AUC as one process
-    last = max(s for s, r in rows(one).items() if r.get("val/auc"))
-    assert abs(float(rows(one)[last]["val/auc"]) - float(rows(two)[last]["val/auc"])) < 1e-4
+    last = max(s for s, r in metric_rows(one).items() if r.get("val/auc"))
+    assert abs(float(metric_rows(one)[last]["val/auc"]) - float(metric_rows(two)[last]["val/auc"])) < 1e-4
 
 
 def test_gradient_accumulation_under_ddp_equals_one_process(tmp_path):

@@ -2,14 +2,12 @@
 bit for bit. Real processes, real signals (SIGKILL, SIGTERM), real DataLoader workers."""
 from __future__ import annotations
 
-import csv
-import shutil
 import signal
 
 import pytest
 import torch
 
-from tests.conftest import SMALL_DATA
+from tests.conftest import SMALL_DATA, final_weights, train_losses
 from tests.conftest import run_cli as _run_cli
 from trainkit import checkpoint
 
@@ -30,20 +28,10 @@ CASES = {
 }
 
 
-def train_losses(run) -> dict[int, str]:
-    return {int(r["step"]): r["train/loss"] for r in csv.DictReader(open(run / "metrics.csv")) if r.get("train/loss")}
-
-
-def weights(run) -> dict[str, torch.Tensor]:
-    out = run / "weights.pt"
-    checkpoint.export_model(checkpoint.resolve(str(run / "checkpoints")), str(out))
-    return torch.load(out, weights_only=True)
-
-
 def assert_same_run(a, b):
     losses_a, losses_b = train_losses(a), train_losses(b)
     assert losses_a == losses_b  # every logged step, before and after the kill, as exact strings
-    wa, wb = weights(a), weights(b)
+    wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
     for name in wa:
         assert torch.equal(wa[name], wb[name]), name
@@ -56,7 +44,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(case, tmp_path):
     result = run_cli("fit", *BASE, *extra, f"hydra.run.dir={a}")
     assert result.returncode == 0, result.stderr
 
-    killer = [f"+callbacks.kill._target_=tests.integration.chaos.SignalAt", f"+callbacks.kill.batch={kill_after}"]
+    killer = ["+callbacks.kill._target_=tests.integration.chaos.SignalAt", f"+callbacks.kill.batch={kill_after}"]
     result = run_cli("fit", *BASE, *extra, *killer, f"hydra.run.dir={b}")
     assert result.returncode == -signal.SIGKILL, result.stderr
     steps_before = max(train_losses(b))

@@ -1,9 +1,14 @@
-"""Every option of every config group runs a short `trainkit fit` (in-process, real CLI entry)."""
+"""Every option of every config group runs a short `trainkit fit` (in-process, real CLI entry).
+
+A model or datamodule option runs with its recipe partner (tests/recipe_data.py), an experiment
+preset with the datamodule it selects; everything else with the default recipe.
+"""
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 
-from tests.conftest import SMALL_DATA
+from tests.recipe_data import RECIPE_PAIRS, TINY_DATA
 from trainkit.cli import CONFIG_DIR, main
 
 SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2"]
@@ -15,11 +20,36 @@ OPTIONS = [
 ]
 
 
+def _datamodule_of(group: str, option: str) -> tuple[list[str], str]:
+    """The extra overrides for this option and the datamodule option it ends up reading."""
+    if group == "model":
+        return [f"datamodule={RECIPE_PAIRS[option]}"], RECIPE_PAIRS[option]
+    if group == "datamodule":
+        return [f"model={RECIPE_PAIRS[option]}"], option
+    if group == "experiment":
+        defaults = OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml").get("defaults", [])
+        for entry in defaults:
+            if isinstance(entry, dict) and "override /datamodule" in entry:
+                return [], entry["override /datamodule"]
+    return [], "kt_lines"
+
+
+def test_every_recipe_option_has_a_partner_and_tiny_data():
+    for group, option in OPTIONS:
+        if group in ("model", "datamodule"):
+            assert option in RECIPE_PAIRS, f"add {group}={option} to RECIPE_PAIRS in tests/recipe_data.py"
+        if group == "datamodule":
+            assert option in TINY_DATA, f"add datamodule={option} to TINY_DATA in tests/recipe_data.py"
+
+
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_runs(group, option, tmp_path):
     limits = [] if group == "debug" else SHORT  # debug options are short already; keep their limits
-    code = main(["fit", f"{group}={option}", *SMALL_DATA, *limits, f"hydra.run.dir={tmp_path}"])
+    partner, datamodule = _datamodule_of(group, option)
+    data = TINY_DATA[datamodule](tmp_path / "data")
+    run = tmp_path / "run"
+    code = main(["fit", f"{group}={option}", *partner, *data, *limits, f"hydra.run.dir={run}"])
     assert code == 0
-    assert (tmp_path / "config.yaml").exists()
+    assert (run / "config.yaml").exists()
     if group != "logger" or option in ("csv", "default"):
-        assert (tmp_path / "metrics.csv").exists()
+        assert (run / "metrics.csv").exists()

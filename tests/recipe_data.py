@@ -7,6 +7,7 @@ every-config test can run each option with a partner it fits.
 """
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Callable
 
@@ -17,10 +18,57 @@ def _knowledge_tracing(tmp_path: Path) -> list[str]:
     return list(SMALL_DATA)  # the simulator writes these formats itself (path=null)
 
 
+def _uci_dropout(tmp_path: Path) -> list[str]:
+    from recipes.dropout.tiny_data import write_uci
+
+    write_uci(tmp_path)
+    return [f"datamodule.path={tmp_path}", "datamodule.batch_size=16"]
+
+
+def _oulad(tmp_path: Path) -> list[str]:
+    from recipes.dropout.tiny_data import write_oulad
+
+    write_oulad(tmp_path)
+    return [f"datamodule.path={tmp_path}", "datamodule.batch_size=16"]
+
+
+def tiny_corpus(folder: Path) -> Path:
+    """Two small books (~3 KB each): one .txt, one .txt.gz, in the openstax_text format."""
+    folder.mkdir(parents=True, exist_ok=True)
+    topics = ["derivative", "median", "fraction", "neuron", "treaty", "argument"]
+    for name, book in (("algebra", 0), ("history", 3)):
+        lines = [f"# A Tiny Book of {name.title()}", ""]
+        for chapter in range(4):
+            lines += [f"## Chapter {chapter + 1}", ""]
+            for i in range(12):
+                topic = topics[(book + chapter + i) % len(topics)]
+                lines += [f"The {topic} in section {chapter + 1}.{i + 1} is explained with example {i * 7 + book}.", ""]
+        text = "\n".join(lines)
+        if book:
+            (folder / f"{name}.txt.gz").write_bytes(gzip.compress(text.encode()))
+        else:
+            (folder / f"{name}.txt").write_text(text)
+    return folder
+
+
+def _text(tmp_path: Path) -> list[str]:
+    return [
+        f"datamodule.path={tiny_corpus(tmp_path / 'text')}", "model.block_size=32", "datamodule.batch_size=8",
+        # The default callbacks monitor val/auc, which a language model does not log; the
+        # experiment presets set these themselves.
+        "callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min",
+        "callbacks.early_stopping.monitor=val/loss", "callbacks.early_stopping.mode=min",
+    ]
+
+
 TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     "kt_lines": _knowledge_tracing,
     "kt_pykt": _knowledge_tracing,
     "kt_interactions": _knowledge_tracing,
+    "uci_dropout": _uci_dropout,
+    "oulad_at_risk": _oulad,
+    "oulad_clicks": _oulad,
+    "text": _text,
 }
 
 # model option -> the datamodule option it trains on; datamodule option -> a model that reads it.
@@ -30,4 +78,11 @@ RECIPE_PAIRS: dict[str, str] = {
     "kt_lines": "knowledge_tracing",
     "kt_pykt": "knowledge_tracing",
     "kt_interactions": "knowledge_tracing",
+    "dropout_mlp": "uci_dropout",
+    "engagement": "oulad_clicks",
+    "uci_dropout": "dropout_mlp",
+    "oulad_at_risk": "dropout_mlp",
+    "oulad_clicks": "engagement",
+    "tiny_gpt": "text",
+    "text": "tiny_gpt",
 }

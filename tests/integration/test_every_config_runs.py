@@ -6,7 +6,7 @@ preset with the datamodule it selects; everything else with the default recipe.
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from tests.recipe_data import RECIPE_PAIRS, TINY_DATA
 from trainkit.cli import CONFIG_DIR, main
@@ -29,7 +29,7 @@ def _datamodule_of(group: str, option: str) -> tuple[list[str], str]:
     if group == "experiment":
         defaults = OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml").get("defaults", [])
         for entry in defaults:
-            if isinstance(entry, dict) and "override /datamodule" in entry:
+            if isinstance(entry, DictConfig) and "override /datamodule" in entry:
                 return [], entry["override /datamodule"]
     return [], "kt_lines"
 
@@ -48,8 +48,11 @@ def test_option_runs(group, option, tmp_path):
     partner, datamodule = _datamodule_of(group, option)
     data = TINY_DATA[datamodule](tmp_path / "data")
     run = tmp_path / "run"
-    code = main(["fit", f"{group}={option}", *partner, *data, *limits, f"hydra.run.dir={run}"])
+    # An hparams_search option is a search (a multirun): one trial of it, in a sweep directory.
+    search = [f"hydra.sweep.dir={run}", "hydra.sweeper.n_trials=1"] if group == "hparams_search" else []
+    code = main(["fit", f"{group}={option}", *partner, *data, *limits, f"hydra.run.dir={run}", *search])
     assert code == 0
+    run = run / "0" if search else run
     assert (run / "config.yaml").exists()
     if group != "logger" or option in ("csv", "default"):
         assert (run / "metrics.csv").exists()

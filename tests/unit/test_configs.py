@@ -10,6 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from tests.recipe_data import RECIPE_PAIRS
 from trainkit.cli import CONFIG_DIR, RUN_ID
 from trainkit.config import check_targets, check_values, register_configs, target_nodes
 
@@ -39,7 +40,10 @@ def test_every_group_has_options_and_each_file_starts_with_its_command():
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_instantiates(group, option, tmp_path):
-    cfg = compose_fit([f"{group}='{option}'"], tmp_path)
+    # A model or datamodule option composes with its recipe partner (its sizes come from the data).
+    partner = {"model": "datamodule", "datamodule": "model"}.get(group)
+    pair = [f"{partner}={RECIPE_PAIRS[option]}"] if partner else []
+    cfg = compose_fit([f"{group}='{option}'", *pair], tmp_path)
     check_values(cfg)
     check_targets(cfg)
     for key, node in target_nodes(cfg):

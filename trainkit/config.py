@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from trainkit.choices import ACCELERATORS, PRECISIONS, STRATEGIES
+from trainkit.choices import ACCELERATORS, LAUNCHERS, PRECISIONS, STRATEGIES
 from trainkit.errors import ConfigError
 
 
@@ -72,6 +72,57 @@ class PrecisionConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """Where the processes run. `local`: here (in place, or torch's elastic agent for several);
+    `slurm`: one SLURM job of num_nodes x devices tasks, submitted through submitit."""
+    name: str = "local"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    timeout_min: int = 60
+    mem_gb: Optional[float] = None
+    cpus_per_task: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # any other sbatch option
+    setup: List[str] = field(default_factory=list)  # shell lines before the tasks start
+    signal_delay_s: int = 90  # SIGUSR2 this long before the time limit: save, requeue
+    max_num_timeout: int = 3  # requeues after hitting the time limit (preemptions are not counted)
+    wait: bool = True  # follow the job until it ends (false: print its id and return)
+    array_parallelism: int = 256  # sweeps: at most this many trial jobs at once
+    job_name: Optional[str] = None
+
+
+@dataclass
+class TunerConfig:
+    """`trainkit tune lr=true` / `batch_size=true` (bare tuner keys mean `tuner.<key>` for `tune`)."""
+    lr: bool = False  # LR range test: exponential ramp min_lr -> max_lr over num_training steps
+    batch_size: bool = False  # batch-size finder: doubling, then binary search after an out-of-memory
+    min_lr: float = 1e-6
+    max_lr: float = 1.0
+    num_training: int = 100
+    early_stop_threshold: Optional[float] = 4.0  # stop when the smoothed loss exceeds this x its minimum
+    init_batch_size: Optional[int] = None  # null: datamodule.batch_size
+    max_batch_size: int = 4096
+    steps_per_trial: int = 5  # optimizer steps timed per batch size (the first is a warm-up)
+
+
+@dataclass
+class SweepConfig:
+    """What a sweep ranks its trials by (sweep_summary.csv) and an Optuna search (hparams_search=...)
+    optimizes: the best value of `metric` over the run's validations."""
+    metric: Optional[str] = None  # null: the model_checkpoint callback's monitor, with its mode
+    mode: str = "max"  # max | min
+    # Set by the trainkit_optuna sweeper on each of its trials: the study that trial reports its
+    # validation values to, so that Optuna's pruner can stop it early.
+    optuna_storage: Optional[str] = None
+    optuna_study: Optional[str] = None
+    optuna_trial: Optional[int] = None
+    optuna_pruner: Any = None
+
+
+@dataclass
 class RunConfig:
     command: str = "fit"
     run_dir: str = MISSING
@@ -82,12 +133,18 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     callbacks: Dict[str, Any] = field(default_factory=dict)
     logger: Dict[str, Any] = field(default_factory=dict)
+    tuner: TunerConfig = field(default_factory=TunerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:
+    from trainkit.sweeps.optuna_sweeper import register_sweeper
+
     ConfigStore.instance().store(name="trainkit_schema", node=RunConfig)
+    register_sweeper()  # hydra/sweeper=trainkit_optuna, used by the hparams_search group
 
 
 # -- checks --------------------------------------------------------------------------------------
@@ -104,6 +161,8 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.accelerator={t.accelerator!r} is not one of: {', '.join(ACCELERATORS)}")
     if cfg.strategy.name not in STRATEGIES:
         raise ConfigError(f"strategy={cfg.strategy.name!r} is not one of: {', '.join(STRATEGIES)}")
+    if cfg.launcher.name not in LAUNCHERS:
+        raise ConfigError(f"launcher={cfg.launcher.name!r} is not one of: {', '.join(LAUNCHERS)}")
     if str(cfg.precision.mode) not in PRECISIONS:
         raise ConfigError(f"precision={cfg.precision.mode!r} is not one of: {', '.join(PRECISIONS)}")
     for key in ("devices", "num_nodes", "accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps"):
@@ -127,6 +186,28 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.checkpoint_every_n_steps={t.checkpoint_every_n_steps} must be >= 1 (or null)")
     if t.gradient_clip_algorithm not in ("norm", "value"):
         raise ConfigError(f"trainer.gradient_clip_algorithm={t.gradient_clip_algorithm!r} must be 'norm' or 'value'")
+    if cfg.sweep.mode not in ("max", "min"):
+        raise ConfigError(f"sweep.mode={cfg.sweep.mode!r} must be 'max' or 'min'")
+    _check_tuner(cfg.tuner)
+    if cfg.command == "tune" and not (cfg.tuner.lr or cfg.tuner.batch_size):
+        raise ConfigError("trainkit tune needs something to tune: lr=true (learning rate) and/or batch_size=true")
+    if cfg.command == "tune" and t.devices * t.num_nodes > 1:
+        raise ConfigError(f"trainkit tune runs in one process, not trainer.devices={t.devices} x trainer.num_nodes="
+                          f"{t.num_nodes}: the batch size it finds is per device; tune with one, then run with more")
+
+
+def _check_tuner(tu: DictConfig) -> None:
+    if not 0 < tu.min_lr < tu.max_lr:
+        raise ConfigError(f"tuner.min_lr={tu.min_lr} and tuner.max_lr={tu.max_lr}: need 0 < min_lr < max_lr")
+    if tu.num_training < 2:
+        raise ConfigError(f"tuner.num_training={tu.num_training} must be >= 2 (steps of the LR range test)")
+    if tu.early_stop_threshold is not None and tu.early_stop_threshold <= 1:
+        raise ConfigError(f"tuner.early_stop_threshold={tu.early_stop_threshold} must be > 1 "
+                          "(or null: never stop early)")
+    if tu.init_batch_size is not None and not 1 <= tu.init_batch_size <= tu.max_batch_size:
+        raise ConfigError(f"tuner.init_batch_size={tu.init_batch_size} must be between 1 and tuner.max_batch_size")
+    if tu.max_batch_size < 1 or tu.steps_per_trial < 2:
+        raise ConfigError("tuner.max_batch_size must be >= 1 and tuner.steps_per_trial >= 2 (one warm-up step)")
 
 
 def target_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:

@@ -21,49 +21,96 @@ from trainkit.launch.env import from_environ
 log = logging.getLogger("trainkit")
 
 
-def run_composed(command: str, cfg: DictConfig) -> dict[str, float]:
+def run_composed(command: str, cfg: DictConfig, dry_run: bool = False) -> dict[str, float]:
     cfg.command = command
     OmegaConf.resolve(cfg)
     check_values(cfg)
     run_dir = os.path.abspath(cfg.run_dir)
     cfg.run_dir = run_dir
     env = from_environ()
-    if env.is_worker and env.rank != 0:  # started by torchrun: rank 0's run directory is the run's
+    if env.is_worker and env.rank != 0:  # started by torchrun or srun: rank 0's run directory is the run's
         return run_worker(_config_of_rank_zero(env, run_dir))
+    on_slurm = cfg.launcher.name == "slurm" and not env.is_worker  # (inside `srun`, the tasks are the workers)
+    if dry_run:
+        _print_plan(cfg, on_slurm)
+        if os.path.isdir(run_dir) and set(os.listdir(run_dir)) <= {".hydra"}:
+            import shutil
+
+            shutil.rmtree(run_dir)  # a dry run leaves no run directory behind
+        return {}
     os.makedirs(run_dir, exist_ok=True)
     config_path = os.path.join(run_dir, "config.yaml")
     _keep_previous_config(config_path, cfg)
     OmegaConf.save(cfg, config_path)
     if env.is_worker:
         _config_of_rank_zero(env, run_dir, config_path)
+    if on_slurm:
+        return _run_on_slurm(config_path, cfg)
     processes = cfg.trainer.devices * cfg.trainer.num_nodes
     if processes == 1 or env.is_worker:  # one process, or started by torchrun already
         return run_worker(config_path)
     if cfg.trainer.num_nodes > 1:
         raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes}: the local launcher starts processes on this "
-                          "machine only; run `torchrun --nnodes ... -m trainkit fit ...` on each node")
+                          "machine only; use launcher=slurm, or run `torchrun --nnodes ... -m trainkit fit ...` "
+                          "on each node")
     from trainkit.launch.local import launch
     from trainkit.log_setup import setup_logging
 
     setup_logging(None)
     log.info("run directory: %s", run_dir)
     launch(config_path, processes, cfg.trainer.max_restarts)  # rank 0 prints the results and the run dir
-    return {}
+    from trainkit.sweeps.results import read_results
+
+    return (read_results(run_dir) or {}).get("metrics", {})  # rank 0's final metrics
+
+
+def _print_plan(cfg: DictConfig, on_slurm: bool) -> None:
+    if on_slurm:
+        from trainkit.launch.slurm import dry_run
+
+        print(dry_run(cfg))
+        return
+    processes = cfg.trainer.devices * cfg.trainer.num_nodes
+    how = "in this process" if processes == 1 else "as worker processes of torch's elastic agent"
+    print(f"# dry run: {cfg.command} would run {processes} process(es) on this machine, {how}; nothing was run\n"
+          + OmegaConf.to_yaml(cfg))
+
+
+def _run_on_slurm(config_path: str, cfg: DictConfig) -> dict[str, float]:
+    from trainkit.launch import slurm
+    from trainkit.log_setup import setup_logging
+
+    setup_logging(None)
+    os.makedirs(os.path.join(cfg.run_dir, "slurm"), exist_ok=True)
+    if cfg.launcher.wait and _in_grid_sweep():
+        slurm.submit_trial(config_path, cfg)  # the sweep follows its jobs together once all are submitted
+        return {}
+    submitted = slurm.submit(config_path, cfg)
+    if not cfg.launcher.wait:
+        print(slurm.follow_hint(submitted))
+        return {}
+    return slurm.follow(submitted)
+
+
+def _in_grid_sweep() -> bool:
+    """A multirun of Hydra's basic sweeper: its trials do not depend on each other's results (an
+    Optuna search does: it waits for each)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper._target_.endswith(".BasicSweeper")
 
 
 def _config_of_rank_zero(env, own_run_dir: str, config_path: str | None = None) -> str:
-    """Under an outside launcher every rank ran Hydra; rank 0 publishes its config file through
-    the launcher's rendezvous store, the others take it and drop the folder Hydra made for them
+    """Under an outside launcher (torchrun, srun) every rank ran Hydra; rank 0 publishes its config
+    file through the rendezvous store, the others take it and drop the folder Hydra made for them
     (one run, one directory)."""
     import shutil
-    from datetime import timedelta
 
-    import torch.distributed as dist
+    from trainkit.launch.rendezvous import rendezvous_store
 
-    if not env.agent_store:
-        raise ConfigError("several processes started without torchrun's agent: run them through `trainkit fit "
-                          "trainer.devices=N` or `torchrun`")
-    store = dist.TCPStore(env.master_addr, env.master_port, is_master=False, timeout=timedelta(seconds=300))
+    store = rendezvous_store(env)
     key = f"trainkit/config/attempt{env.restart_count}"
     if config_path is not None:
         store.set(key, config_path)
@@ -134,8 +181,14 @@ def run_worker(config_path: str) -> dict[str, float]:
     precision = Precision(
         str(cfg.precision.mode), strategy.root_device.type, cfg.precision.init_scale, cfg.precision.growth_interval
     )
-    callbacks = [instantiate(node) for node in (cfg.callbacks or {}).values() if node]
-    loggers = [instantiate(node) for node in (cfg.logger or {}).values() if node]
+    callbacks = [instantiate(node) for node in _targets(cfg, "callbacks")]
+    from trainkit.sweeps.results import TrialRecord, clear_results, write_results
+
+    record = TrialRecord.from_config(cfg)  # the best value of the sweep metric; reports to Optuna in a search
+    callbacks.append(record)
+    if env.rank == 0:
+        clear_results(run_dir)  # a reused run directory: results.json says how *this* command ended
+    loggers = [instantiate(node) for node in _targets(cfg, "logger")]
     trainer_args = {k: v for k, v in OmegaConf.to_container(t).items()
                     if k not in ("accelerator", "devices", "num_nodes", "max_restarts")}
     trainer = Trainer(
@@ -155,7 +208,11 @@ def run_worker(config_path: str) -> dict[str, float]:
         lg.log_hyperparams(OmegaConf.to_container(cfg))
 
     command = cfg.command
-    if command == "fit":
+    if command == "tune":
+        from trainkit.tuner import run_tune
+
+        results = run_tune(cfg, trainer, model, datamodule, run_dir)
+    elif command == "fit":
         trainer.fit(model, datamodule=datamodule)
         results = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}
         _report("final validation", results)
@@ -169,8 +226,22 @@ def run_worker(config_path: str) -> dict[str, float]:
     else:
         results = getattr(trainer, command)(model, datamodule=datamodule)[0]
         _report(command, results)
+    if env.rank == 0:  # the parent of several processes, sweeps and their summary read it
+        write_results(run_dir, record.result(command, results, trainer))
     log.info("run directory: %s", run_dir)
     return results
+
+
+def _targets(cfg: DictConfig, group: str) -> list[DictConfig]:
+    """The callback or logger nodes to build. A node with settings but no `_target_` was set by an
+    experiment whose group option the command line then removed (`callbacks=none`): skip it."""
+    nodes = []
+    for name, node in (cfg.get(group) or {}).items():
+        if node and "_target_" not in node:
+            log.warning("%s.%s has settings but nothing to build (no _target_); ignored", group, name)
+        elif node:
+            nodes.append(node)
+    return nodes
 
 
 def _report(title: str, metrics: dict[str, Any]) -> None:

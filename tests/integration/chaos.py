@@ -20,8 +20,7 @@ class SignalAt(Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.seen += 1
-        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-        if self.seen == self.batch and trainer.strategy.global_rank == self.rank and first_attempt:
+        if self.seen == self.batch and trainer.strategy.global_rank == self.rank and first_attempt():
             os.kill(os.getpid(), self.signal)
 
 
@@ -53,3 +52,25 @@ class PoisonAt(Callback):
             with torch.no_grad():
                 for p in module.parameters():
                     p.fill_(float("nan"))
+
+
+def first_attempt() -> bool:
+    """Not a restart by torch's elastic agent, nor a requeue by SLURM."""
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" and os.environ.get("SLURM_RESTART_COUNT", "0") == "0"
+
+
+class Pace(Callback):
+    """In the first attempt, sleep `seconds` after each training batch and write the step reached to
+    `<run_dir>/pace.step`, so a test can act (preempt, requeue, signal) while training is under way."""
+
+    def __init__(self, seconds: float = 0.2) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if first_attempt():
+            import time
+
+            if trainer.strategy.global_rank == 0:
+                with open(os.path.join(trainer.default_root_dir, "pace.step"), "w") as f:
+                    f.write(str(trainer.global_step))
+            time.sleep(self.seconds)

@@ -110,7 +110,7 @@ def test_a_crash_in_training_exits_1_and_says_where(tmp_path):
 
 def test_unknown_command_exits_2():
     result = run_cli("train")
-    assert result.returncode == 2 and "choose one of: fit, validate, test, predict, export" in result.stderr
+    assert result.returncode == 2 and "choose one of: fit, validate, test, predict, tune, export" in result.stderr
 
 
 def test_two_runs_in_the_same_second_get_different_directories():

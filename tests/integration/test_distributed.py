@@ -69,6 +69,7 @@ def test_a_killed_worker_is_restarted_and_the_run_continues_exactly(tmp_path):
     assert result.returncode == 0, result.stderr
     log = (restarted / "trainkit.log").read_text()
     assert "resumed from" in log and "step=6" in log
+    assert "restart 1 of 1: worker rank 1 was killed by SIGKILL; the new group resumes from" in log
     assert losses(plain) == losses(restarted)
     wa, wb = final_weights(plain), final_weights(restarted)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

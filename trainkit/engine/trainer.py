@@ -32,7 +32,7 @@ from trainkit.engine.seed import seed_everything, set_deterministic
 from trainkit.engine.state import TrainState
 from trainkit.errors import ConfigError, Interrupted, NonFiniteLossError, UserError
 from trainkit.precision import Precision
-from trainkit.signals import StopSignals
+from trainkit.signals import StopSignals, StopVote
 from trainkit.strategies import make_strategy
 
 log = logging.getLogger("trainkit")
@@ -205,8 +205,11 @@ class Trainer:
             self._configure_optimizers(module)
             self._restore()
             self._call("on_fit_start")
+            reduce = getattr(self.strategy, "all_reduce_sum_async", None) if self.world_size > 1 else None
+            self._stop_vote = StopVote(self._signals, reduce)
             with self._signals, torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 self._fit_loop(module, train_loader, val_loader)
+            self._stop_vote.reset()
             self._call("on_fit_end")
 
         self._run(module, datamodule, "fit", run)
@@ -420,8 +423,9 @@ class Trainer:
             for cb in batch_end_hooks:
                 cb.on_train_batch_end(self, module, out, batch, batch_idx)
             if step_now:
-                if self._signals.received is not None:
-                    self._stop_for_signal(module)
+                signum = self._stop_vote.poll()
+                if signum is not None:
+                    self._stop_for_signal(module, signum)
                 if self.max_steps > -1 and state.global_step >= self.max_steps:
                     # Stopped mid-epoch: validate the final weights, so the run ends with the
                     # metrics of the model it saves.
@@ -501,8 +505,7 @@ class Trainer:
             "trainer.detect_anomaly=true to find the operation that produced it"
         )
 
-    def _stop_for_signal(self, module: TrainModule) -> None:
-        signum = self._signals.received
+    def _stop_for_signal(self, module: TrainModule, signum: int) -> None:
         cb = self.checkpoint_callback
         path = cb.save(self) if cb is not None else self.save_checkpoint()
         if path is None:  # this very step was saved already

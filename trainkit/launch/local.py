@@ -6,10 +6,12 @@ others. Each worker runs `python -m trainkit.launch.worker <run_dir>/config.yaml
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+import time
 import uuid
 
 from trainkit.errors import UserError
@@ -44,11 +46,46 @@ def launch(config_path: str, nproc: int, max_restarts: int) -> None:
     )
     log.info("starting %d worker processes (max_restarts=%d)", nproc, max_restarts)
     try:
-        elastic_launch(config, sys.executable)("-m", "trainkit.launch.worker", config_path)
+        with _restart_notes(os.path.dirname(config_path), max_restarts):
+            elastic_launch(config, sys.executable)("-m", "trainkit.launch.worker", config_path)
     except ChildFailedError as exc:
-        # The earliest failure is the cause; the others usually failed on the collective it broke.
-        rank, failure = min(exc.failures.items(), key=lambda item: (_failed_at(item[1]), item[0]))
-        raise _describe(rank, failure) from None
+        raise _describe(*_first_failure(exc.failures)) from None
+
+
+def _first_failure(failures: dict) -> tuple[int, object]:
+    """The earliest failure is the cause; the others usually failed on the collective it broke."""
+    return min(failures.items(), key=lambda item: (_failed_at(item[1]), item[0]))
+
+
+@contextlib.contextmanager
+def _restart_notes(run_dir: str, max_restarts: int):
+    """Say in the console and in the run's log which rank failed, how, and where the restarted
+    group resumes from. The agent learns of a failure in `_monitor_workers` and restarts the group
+    without reporting it; this wraps that one method of torch's LocalElasticAgent, for this launch."""
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    monitor = LocalElasticAgent._monitor_workers
+    restarts = [0]
+
+    def noting(agent, group):
+        result = monitor(agent, group)
+        if result.is_failed() and agent._remaining_restarts > 0:
+            restarts[0] += 1
+            rank, failure = _first_failure(result.failures)
+            last = os.path.join(run_dir, "checkpoints", "last")
+            start = f"resumes from {os.path.realpath(last)}" if os.path.exists(last) else "starts over (no checkpoint yet)"
+            cause = str(_describe(rank, failure)).replace("; the other workers were stopped", "")
+            note = f"restart {restarts[0]} of {max_restarts}: {cause}; the new group {start}"
+            log.warning(note)
+            with open(os.path.join(run_dir, "trainkit.log"), "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} WARNING {note}\n")
+        return result
+
+    LocalElasticAgent._monitor_workers = noting
+    try:
+        yield
+    finally:
+        LocalElasticAgent._monitor_workers = monitor
 
 
 def _failed_at(failure) -> float:

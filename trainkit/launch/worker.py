@@ -30,8 +30,9 @@ def main(config_path: str) -> int:
     except Exception as exc:  # noqa: BLE001 - the worker's one report
         _record(exc)
         print(f"trainkit: error (rank {rank}): {type(exc).__name__}: {exc}", file=sys.stderr)
-        if not isinstance(exc, UserError):
-            traceback.print_exc()
+        if not isinstance(exc, UserError):  # the traceback goes to the run's log, not to the console
+            with open(os.path.join(os.path.dirname(config_path), "trainkit.log"), "a") as f:
+                f.write(f"rank {rank} failed:\n{traceback.format_exc()}")
         return 2 if isinstance(exc, UserError) else 1
 
 
@@ -48,8 +49,9 @@ def _record(exc: BaseException) -> None:
     data = {"message": {"message": f"{type(exc).__name__}: {exc}",
                         "extraInfo": {"py_callstack": traceback.format_exc(), "timestamp": str(int(time.time())),
                                       "trainkit_time": time.time()}}}
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         json.dump(data, f)
+    os.replace(path + ".tmp", path)  # the agent may read it at any moment: never half-written
 
 
 if __name__ == "__main__":

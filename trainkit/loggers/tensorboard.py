@@ -1,7 +1,17 @@
-"""TensorBoard event files in the run directory (`tensorboard --logdir outputs/`)."""
+"""TensorBoard event files in the run directory (`tensorboard --logdir outputs/`).
+
+Besides the scalars and the config (as text), each run ends with an HParams record in its own
+event files: the run's hyperparameters (the scalar leaves of its model, datamodule, optimizer,
+scheduler, trainer, precision and strategy config) against the final value of every metric it
+logged. `tensorboard --logdir <sweep dir>` then shows one row per trial in the HPARAMS tab (table,
+parallel coordinates, scatter plots).
+"""
 from __future__ import annotations
 
+import math
 from typing import Any
+
+HPARAM_GROUPS = ("model", "datamodule", "optimizer", "scheduler", "trainer", "precision", "strategy")
 
 
 class TensorBoardLogger:
@@ -10,6 +20,9 @@ class TensorBoardLogger:
         self.flush_secs = flush_secs
         self._writer = None
         self._params: dict[str, Any] | None = None
+        self._hparams: dict[str, Any] = {}
+        self._final: dict[str, float] = {}  # the latest value of each metric
+        self._last_step = 0
 
     def _open(self, first_step: int) -> None:
         # Opened on first use: importing tensorboard is slow and a run that never logs should not
@@ -23,6 +36,7 @@ class TensorBoardLogger:
         # Kept until the first metrics are written, so that start-up does not wait for the
         # tensorboard import.
         self._params = params
+        self._hparams = hparams_of(params)
 
     def _write_params(self, step: int) -> None:
         import yaml
@@ -37,6 +51,22 @@ class TensorBoardLogger:
             self._write_params(step)
         for name, value in metrics.items():
             self._writer.add_scalar(name, value, global_step=step)
+            if name != "epoch":
+                self._final[name] = float(value)
+        self._last_step = max(self._last_step, step)
+
+    def _write_hparams(self) -> None:
+        """The HParams plugin's experiment and session records; it reads each metric's value from
+        the run's own scalars of the same name, so nothing is logged twice."""
+        from torch.utils.tensorboard.summary import hparams
+
+        final = {k: v for k, v in self._final.items() if math.isfinite(v)}
+        if not self._hparams or not final:
+            return
+        experiment, session_start, session_end = hparams(self._hparams, final)
+        writer = self._writer.file_writer
+        for summary in (experiment, session_start, session_end):
+            writer.add_summary(summary, self._last_step)
 
     def flush(self) -> None:
         if self._writer is not None:
@@ -44,6 +74,30 @@ class TensorBoardLogger:
 
     def finalize(self, status: str) -> None:
         if self._writer is not None:
+            self._write_hparams()  # once, at the end, with the final metrics
             self._writer.flush()
             self._writer.close()
             self._writer = None
+
+
+def hparams_of(config: dict[str, Any]) -> dict[str, Any]:
+    """`{"model.hidden_size": 64, "optimizer.lr": 0.003, ...}`: the scalar settings of a run."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not str(key).startswith("_"):
+                    walk(f"{prefix}.{key}", value)
+        elif isinstance(node, (bool, int, float, str)):
+            flat[prefix] = node
+        elif node is None:
+            flat[prefix] = "null"
+        else:  # lists: one readable value
+            flat[prefix] = str(node)
+
+    for group in HPARAM_GROUPS:
+        node = config.get(group)
+        if isinstance(node, dict):
+            walk(group, node)
+    return flat

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainkit.launch.env import DistEnv
+from trainkit.launch.rendezvous import rendezvous_store
 from trainkit.strategies.single import SingleDeviceStrategy
 
 
@@ -48,9 +49,7 @@ def init_process_group(env: DistEnv, backend: str, timeout_s: float) -> None:
     if dist.is_initialized():
         return
     timeout = timedelta(seconds=timeout_s)
-    store = dist.TCPStore(env.master_addr, env.master_port, env.world_size,
-                          is_master=env.rank == 0 and not env.agent_store, timeout=timeout)
-    store = dist.PrefixStore(f"trainkit/attempt{env.restart_count}", store)
+    store = dist.PrefixStore(f"trainkit/attempt{env.restart_count}", rendezvous_store(env, timeout_s))
     dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout)
 
 

@@ -52,6 +52,7 @@ class TrainerConfig:
     max_restarts: int = 0  # several processes: restart the group this often after a worker dies
     resume: str = "auto"  # auto: <run_dir>/checkpoints/last if there is one; none; or a checkpoint path
     resume_strict: bool = True  # refuse a resume whose settings would not continue the run exactly
+    init_from: Optional[str] = None  # fine-tune: start from this checkpoint's model weights only
     detect_anomaly: bool = False  # torch.autograd anomaly mode: finds the op that made a NaN (slow)
 
 

@@ -158,3 +158,20 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
     assert result.returncode == 130, result.stderr
     assert "received SIGINT" in result.stderr and "interrupted" in result.stderr
     assert (run / "checkpoints" / "last").resolve().name == "epoch=0-step=4"  # nothing saved at step 6
+
+
+def test_init_from_fine_tunes_from_another_runs_weights_only(tmp_path):
+    source, tuned = tmp_path / "source", tmp_path / "tuned"
+    assert run_cli("fit", *SMALL_DATA, "trainer.max_steps=5", f"hydra.run.dir={source}").returncode == 0
+    last = source / "checkpoints" / "last"
+    # SGD with lr 0 leaves the weights where they started: exactly the source's final weights.
+    result = run_cli("fit", *SMALL_DATA, "optimizer=sgd", "optimizer.lr=0.0", "trainer.max_steps=3",
+                     f"trainer.init_from={last}", f"hydra.run.dir={tuned}")
+    assert result.returncode == 0, result.stderr
+    assert "initialized the model from" in result.stdout
+    assert "-step=3" in (tuned / "checkpoints" / "last").resolve().name  # a new run: 3 steps, not 5 + 3
+    wa, wb = final_weights(source), final_weights(tuned)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    wrong = run_cli("fit", *SMALL_DATA, "model.hidden_size=8", "trainer.max_steps=1", f"trainer.init_from={last}",
+                    f"hydra.run.dir={tmp_path / 'wrong'}")
+    assert wrong.returncode == 2 and "do not fit this model" in wrong.stderr, wrong.stderr

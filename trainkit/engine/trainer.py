@@ -65,6 +65,7 @@ class Trainer:
         checkpoint_every_n_steps: int | None = None,
         resume: str | None = None,
         resume_strict: bool = True,
+        init_from: str | None = None,
         detect_anomaly: bool = False,
         hparams: dict[str, Any] | None = None,
         callbacks: list[Callback] | None = None,
@@ -103,6 +104,7 @@ class Trainer:
         self.log_every_n_steps = max(1, log_every_n_steps)
         self.resume = resume  # "auto", "none"/None, or a checkpoint path
         self.resume_strict = resume_strict
+        self.init_from = init_from  # fine-tuning: a checkpoint's model weights, nothing else
         self.detect_anomaly = detect_anomaly
         # The settings that define this run (the CLI passes those of its config that exactness
         # depends on); saved in every checkpoint and compared when resuming.
@@ -614,6 +616,8 @@ class Trainer:
 
         path = self._checkpoint_to_load()
         if path is None:
+            if self.init_from:
+                self._init_weights()
             return
         trainer_state, rank_state = checkpoint.load(path, self.model, self.optimizer, self.strategy.global_rank)
         saved, current = trainer_state["settings"], self._settings()
@@ -634,6 +638,26 @@ class Trainer:
         self._resume_position = {"batch_idx": self.state.batch_idx, **rank_state}
         log.info("resumed from %s: step %d, epoch %d, batch %d of the epoch", path, self.state.global_step,
                  self.state.epoch, self.state.batch_idx)
+
+    def _init_weights(self) -> None:
+        """Fine-tuning starts a new run from another run's weights: fresh optimizer, schedule,
+        counters and data order. (A resumed fine-tuning run continues from its own checkpoint.)"""
+        from trainkit import checkpoint
+
+        path = checkpoint.resolve(self.init_from)
+        problem = checkpoint.verify(path)
+        if problem is not None:
+            raise UserError(f"trainer.init_from={self.init_from}: {problem}")
+        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+        try:
+            checkpoint.load_model_weights(path, self.model)
+        except (Exception, CheckpointException) as exc:  # noqa: BLE001 - DCP names the mismatching key and shapes
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise UserError(f"trainer.init_from={path}: its weights do not fit this model ("
+                            f"{lines[-1] if lines else type(exc).__name__}); use the model settings of the run "
+                            "that saved it") from None
+        log.info("initialized the model from %s (weights only: fresh optimizer, schedule and counters)", path)
 
     def _load_weights_for_evaluation(self) -> None:
         from trainkit import checkpoint

@@ -140,3 +140,13 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(tmp_path):
         assert la.keys() == lb.keys()
         for step in la:
             assert abs(la[step] - lb[step]) <= 1e-4 * abs(la[step]), (first, step, la[step], lb[step])
+
+
+def test_fsdp_refuses_evaluation_shards_of_unequal_length_instead_of_hanging(tmp_path):
+    from tests.recipe_data import tiny_corpus
+
+    corpus = tiny_corpus(tmp_path / "text")
+    result = run_cli("predict", "model=tiny_gpt", "datamodule=text", f"datamodule.path={corpus}", "model.block_size=32",
+                     "strategy=fsdp", "trainer.devices=2", "trainer.resume=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2, result.stderr  # one prompt: one batch for two ranks
+    assert "strategy=fsdp predict: this rank has 0 batches, the 2 ranks 1 in all" in result.stderr

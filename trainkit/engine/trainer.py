@@ -233,6 +233,7 @@ class Trainer:
             loader = dataloaders if dataloaders is not None else datamodule.predict_dataloader()
             loader = self._distribute(loader, train=False)  # each rank predicts its own shard
             limit = _num_batches(loader, self.limit_predict_batches)
+            self._check_lockstep("predict", min(_length(loader), limit))
             self._call("on_predict_start")
             outputs = []
             with torch.inference_mode():
@@ -685,8 +686,22 @@ class Trainer:
         limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
         return self._evaluate(stage, module, dataloaders, _num_batches(dataloaders, limit))
 
+    def _check_lockstep(self, stage: str, batches: int | float) -> None:
+        """Under FSDP every forward is a collective: a rank with fewer batches would leave the others
+        waiting. Refuse with the numbers instead (one small all-reduce before the loop)."""
+        if not getattr(self.strategy, "forward_in_lockstep", False) or batches == math.inf:
+            return
+        total = int(self.strategy.all_reduce_sum(torch.tensor([float(batches)])).item())
+        if total != batches * self.world_size:
+            raise UserError(
+                f"strategy=fsdp {stage}: this rank has {batches} batches, the {self.world_size} ranks {total} in all; "
+                "FSDP needs as many on every rank (each forward gathers the weights from all of them). Run "
+                f"{stage} with strategy=ddp (FSDP checkpoints load there too), or a batch size / data size that "
+                "splits evenly over the ranks")
+
     def _evaluate(self, stage: str, module: TrainModule, loader: Iterable, limit: int | float) -> dict[str, float]:
         prefix = "validation" if stage == "validate" else "test"
+        self._check_lockstep(stage, min(_length(loader), limit))
         step_fn = module.validation_step if stage == "validate" else module.test_step
         was_training = module.training
         module.eval()

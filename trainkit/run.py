@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainkit import crossval
 from trainkit.config import check_targets, check_values
 from trainkit.errors import ConfigError
 from trainkit.launch.env import from_environ
@@ -23,6 +24,9 @@ log = logging.getLogger("trainkit")
 
 def run_composed(command: str, cfg: DictConfig, dry_run: bool = False) -> dict[str, float]:
     cfg.command = command
+    if crossval.wants_all_folds(cfg):  # datamodule.folds=k: k runs, one per validation fold, then mean ± std
+        return crossval.run_folds(cfg, lambda fold_cfg: run_composed(command, fold_cfg, dry_run),
+                                  from_environ().is_worker)
     OmegaConf.resolve(cfg)
     check_values(cfg)
     run_dir = os.path.abspath(cfg.run_dir)

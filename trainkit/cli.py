@@ -157,9 +157,13 @@ def _run_hydra(command: str, overrides: list[str], failures: list, dry_run: bool
 
 
 def _quote_group_option(arg: str) -> str:
-    """`precision=32` -> `precision='32'`: Hydra reads 32 as an int, but a group option is a name."""
+    """Values Hydra's override grammar would misread, quoted: `precision=32` -> `precision='32'` (a
+    group option is a name, not an int), and a path with `=` in it, as checkpoint names have
+    (`trainer.resume=.../epoch=3-step=120`)."""
     key, sep, value = arg.partition("=")
     if sep and (CONFIG_DIR / key.lstrip("+~")).is_dir() and value.replace(".", "", 1).isdigit():
+        return f"{key}='{value}'"
+    if sep and "=" in value and "/" in value and value[:1] not in "'\"[":
         return f"{key}='{value}'"
     return arg
 

@@ -55,7 +55,8 @@ def test_fit_then_test_and_predict_from_its_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "test/auc=" in result.stdout and f"loaded weights from {last.resolve()}" in result.stdout
 
-    result = run_cli("predict", *SMALL_DATA, f"trainer.resume={last}", f"hydra.run.dir={tmp_path / 'predict'}")
+    named = last.resolve()  # a checkpoint named epoch=<E>-step=<N>-...: the `=` needs no quoting
+    result = run_cli("predict", *SMALL_DATA, f"trainer.resume={named}", f"hydra.run.dir={tmp_path / 'predict'}")
     assert result.returncode == 0, result.stderr
     predictions = torch.load(tmp_path / "predict" / "predictions.pt", weights_only=True)
     assert predictions and predictions[0]["prob"].shape == predictions[0]["mask"].shape

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recipes.dropout.tables import find_file, read_bytes, read_table
+from recipes.dropout.tables import find_file, is_int, read_bytes, read_table
 from trainkit.errors import DataError
 
 INFO_COLUMNS = (
@@ -201,20 +201,12 @@ def _parse_daily_slow(path: Path, text: str, header: list[str]) -> tuple[list[st
         try:
             numbers.append([int(v) for v in fields[2:]])
         except ValueError:
-            column = next(n for n, v in zip(DAILY_COLUMNS[2:], fields[2:]) if not _is_int(v))
+            column = next(n for n, v in zip(DAILY_COLUMNS[2:], fields[2:]) if not is_int(v))
             value = fields[2 + DAILY_COLUMNS[2:].index(column)]
             raise DataError(f"{path}, line {reader.line_num}, column {column!r}: {value!r} is not an integer") from None
     if not ids:
         raise DataError(f"{path}: the file has a header but no rows")
     return list(names), np.array(ids, dtype=np.int64), np.array(numbers, dtype=np.int64).reshape(-1, 5)
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _window(students: Students, clicks: DailyClicks, days: int) -> np.ndarray:

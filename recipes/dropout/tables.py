@@ -83,7 +83,7 @@ class Table:
         try:
             return np.array([int(v) for v in values], dtype=np.int64)
         except ValueError:
-            row = next(i for i, v in enumerate(values) if not _is_int(v))
+            row = next(i for i, v in enumerate(values) if not is_int(v))
             raise DataError(
                 f"{self.path}, line {self.lines[row]}, column {name!r}: {values[row]!r} is not an integer"
             ) from None
@@ -150,7 +150,7 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def _is_int(text: str) -> bool:
+def is_int(text: str) -> bool:
     try:
         int(text)
     except ValueError:

@@ -143,6 +143,12 @@ def test_a_failing_job_names_the_rank_the_error_and_the_log(slurm_cluster, tmp_p
     assert "/no/such/folder" in bad.stderr and "trainkit.log" in bad.stderr
 
 
+def test_a_rejected_submission_shows_slurms_message(slurm_cluster, tmp_path):
+    result = run_cli("fit", "launcher=slurm", "launcher.partition=nope", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert "SLURM rejected the job: " in result.stderr and "invalid partition specified: nope" in result.stderr
+
+
 def test_no_wait_prints_the_job_and_returns(slurm_cluster, tmp_path):
     run = tmp_path / "run"
     result = run_cli("fit", *BASE, "launcher=slurm", "launcher.wait=false", f"hydra.run.dir={run}")

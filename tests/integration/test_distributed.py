@@ -150,3 +150,19 @@ def test_fsdp_refuses_evaluation_shards_of_unequal_length_instead_of_hanging(tmp
                      "strategy=fsdp", "trainer.devices=2", "trainer.resume=none", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2, result.stderr  # one prompt: one batch for two ranks
     assert "strategy=fsdp predict: this rank has 0 batches, the 2 ranks 1 in all" in result.stderr
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resume_is_exact(tmp_path):
+    plain, stopped = tmp_path / "plain", tmp_path / "stopped"
+    common = [*BASE, "trainer.devices=2", "datamodule.batch_size=16"]
+    assert run_cli("fit", *common, f"hydra.run.dir={plain}").returncode == 0
+    # SIGTERM reaches rank 1 alone (after its 5th batch): the ranks agree through the store.
+    signal_rank_1 = ["+callbacks.stop._target_=tests.integration.chaos.SignalAt", "+callbacks.stop.batch=5",
+                     "+callbacks.stop.rank=1", "+callbacks.stop.signal=SIGTERM"]
+    result = run_cli("fit", *common, *signal_rank_1, f"hydra.run.dir={stopped}")
+    assert result.returncode == 143, result.stderr
+    assert "stopped by SIGTERM; checkpoint saved:" in result.stderr and "resume with: trainkit fit" in result.stderr
+    # Posted at step 5; every rank reads it at step 8 and stops at 8 + 4 (trainkit.signals.StopVote).
+    assert "-step=12" in (stopped / "checkpoints" / "last").resolve().name
+    assert run_cli("fit", *common, f"hydra.run.dir={stopped}").returncode == 0
+    assert losses(plain) == losses(stopped)

@@ -207,11 +207,9 @@ class Trainer:
             self._configure_optimizers(module)
             self._restore()
             self._call("on_fit_start")
-            reduce = getattr(self.strategy, "all_reduce_sum_async", None) if self.world_size > 1 else None
-            self._stop_vote = StopVote(self._signals, reduce)
+            self._stop_vote = StopVote(self._signals, getattr(self.strategy, "store", None))
             with self._signals, torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 self._fit_loop(module, train_loader, val_loader)
-            self._stop_vote.reset()
             self._call("on_fit_end")
 
         self._run(module, datamodule, "fit", run)
@@ -426,7 +424,7 @@ class Trainer:
             for cb in batch_end_hooks:
                 cb.on_train_batch_end(self, module, out, batch, batch_idx)
             if step_now:
-                signum = self._stop_vote.poll()
+                signum = self._stop_vote.poll(state.global_step)
                 if signum is not None:
                     self._stop_for_signal(module, signum)
                 if self.max_steps > -1 and state.global_step >= self.max_steps:

@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 
-from trainkit.errors import UserError
+from trainkit.errors import Interrupted, UserError
 
 log = logging.getLogger("trainkit")
 
@@ -49,7 +49,19 @@ def launch(config_path: str, nproc: int, max_restarts: int) -> None:
         with _restart_notes(os.path.dirname(config_path), max_restarts):
             elastic_launch(config, sys.executable)("-m", "trainkit.launch.worker", config_path)
     except ChildFailedError as exc:
-        raise _describe(*_first_failure(exc.failures)) from None
+        stopped = _stopped_by_signal(exc.failures, os.path.dirname(config_path))
+        raise stopped or _describe(*_first_failure(exc.failures)) from None
+
+
+def _stopped_by_signal(failures: dict, run_dir: str) -> Interrupted | None:
+    """Every worker left with 128 + N after saving at the same step (trainkit.signals): not a
+    failure but a stop, reported like a single process's."""
+    codes = {failure.exitcode for failure in failures.values()}
+    if len(codes) != 1 or not 128 < next(iter(codes)) < 128 + 65:
+        return None
+    signum = next(iter(codes)) - 128
+    last = os.path.realpath(os.path.join(run_dir, "checkpoints", "last"))
+    return Interrupted(signum, f"stopped by {signal.Signals(signum).name}; checkpoint saved: {last}")
 
 
 def _first_failure(failures: dict) -> tuple[int, object]:

@@ -43,20 +43,26 @@ class _Pending:
         return self.tensor
 
 
-def init_process_group(env: DistEnv, backend: str, timeout_s: float) -> None:
+def init_process_group(env: DistEnv, backend: str, timeout_s: float):
     """Join the group through the launcher's rendezvous store, under a prefix per restart attempt:
     a restarted gloo group that reused the first attempt's keys failed to connect or hung here."""
     if dist.is_initialized():
-        return
+        return _GROUP_STORE[0]
     timeout = timedelta(seconds=timeout_s)
     store = dist.PrefixStore(f"trainkit/attempt{env.restart_count}", rendezvous_store(env, timeout_s))
     dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout)
+    _GROUP_STORE[0] = store
+    return store
+
+
+_GROUP_STORE = [None]  # the store of this process's group (one group per process)
 
 
 class DDPStrategy:
     def __init__(self, env: DistEnv, device: torch.device, find_unused_parameters: bool = False,
                  timeout_s: float = 1800.0) -> None:
-        init_process_group(env, "nccl" if device.type == "cuda" else "gloo", timeout_s)
+        # The group's store also carries the stop signal between ranks (trainkit.signals.StopVote).
+        self.store = init_process_group(env, "nccl" if device.type == "cuda" else "gloo", timeout_s)
         self.env = env
         self.world_size = env.world_size
         self.global_rank = env.rank

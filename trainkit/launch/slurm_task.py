@@ -115,9 +115,14 @@ def _seconds_left(job_id: str) -> float:
                              timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return float("inf")
-    if not out or out in ("INVALID", "UNLIMITED", "NOT_SET"):
+    return parse_time_left(out)
+
+
+def parse_time_left(text: str) -> float:
+    """squeue's `%L`: "[days-][hours:]minutes:seconds", or UNLIMITED / NOT_SET / INVALID (inf)."""
+    if not text or not text[0].isdigit():
         return float("inf")
-    days, _, clock = out.rpartition("-")
+    days, _, clock = text.rpartition("-")
     seconds = 0
     for part in clock.split(":"):
         seconds = seconds * 60 + int(part)

@@ -127,3 +127,11 @@ def test_multirun_makes_one_run_directory_per_trial(tmp_path):
     for trial in ("0", "1"):
         assert (sweep / trial / "config.yaml").exists() and (sweep / trial / "metrics.csv").exists()
     assert "lr: 0.003" in (sweep / "1" / "config.yaml").read_text()
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("fit", "trainer.devices=2", "--dry-run", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr
+    assert "would run 2 process(es) on this machine, as worker processes of torch's elastic agent" in result.stdout
+    assert "devices: 2" in result.stdout and not run.exists()

@@ -46,7 +46,7 @@ class GPT(nn.Module):
 
 
 def dkt_case():
-    from recipes.knowledge_tracing.model import DKT
+    from trainkit.recipes.knowledge_tracing.model import DKT
 
     model = DKT(num_skills=110, hidden_size=64)
     batch = {"skills": torch.randint(0, 110, (32, 100)), "correct": torch.randint(0, 2, (32, 100)),

@@ -30,8 +30,8 @@ import os, sys, time
 import torch, torch.distributed as dist, torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
-from recipes.knowledge_tracing.datamodule import KTDataModule, collate_kt
-from recipes.knowledge_tracing.model import DKT
+from trainkit.recipes.knowledge_tracing.datamodule import KTDataModule, collate_kt
+from trainkit.recipes.knowledge_tracing.model import DKT
 
 steps = int(sys.argv[1])
 dist.init_process_group("gloo")

@@ -77,8 +77,8 @@ def mlp_case(steps: int):
 
 
 def dkt_case(steps: int):
-    from recipes.knowledge_tracing.model import DKT
-    from recipes.knowledge_tracing.objective import next_step_targets
+    from trainkit.recipes.knowledge_tracing.model import DKT
+    from trainkit.recipes.knowledge_tracing.objective import next_step_targets
 
     g = torch.Generator().manual_seed(0)
     batches = [
@@ -170,9 +170,9 @@ class FirstStepClock(Callback):
 
 PLAIN_SCRIPT = """
 import time, torch, torch.nn.functional as F
-from recipes.knowledge_tracing.datamodule import KTDataModule
-from recipes.knowledge_tracing.model import DKT
-from recipes.knowledge_tracing.objective import next_step_targets
+from trainkit.recipes.knowledge_tracing.datamodule import KTDataModule
+from trainkit.recipes.knowledge_tracing.model import DKT
+from trainkit.recipes.knowledge_tracing.objective import next_step_targets
 torch.manual_seed(0)
 dm = KTDataModule(); dm.prepare_data(); dm.setup("fit")
 model = DKT(num_skills=50, hidden_size=64, dropout=0.2)

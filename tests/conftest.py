@@ -14,6 +14,17 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL_DATA = ["datamodule.num_students=300", "datamodule.batch_size=16"]
 
 
+# The real datasets: the repository's sibling shared/data, unless TRAINKIT_DATA already names a
+# folder. Tests that need one skip, with the reason, when it is absent (needs_data).
+os.environ.setdefault("TRAINKIT_DATA", str((ROOT.parent / "shared" / "data").resolve()))
+DATA = Path(os.environ["TRAINKIT_DATA"])
+
+
+def needs_data(name: str):
+    """Skip unless $TRAINKIT_DATA/<name> exists (a real dataset, e.g. oulad)."""
+    return pytest.mark.skipif(not (DATA / name).is_dir(), reason=f"needs the real dataset {DATA / name} (TRAINKIT_DATA)")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
     """Simulated datasets go to a per-session cache, never to ~/.cache."""

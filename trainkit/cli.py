@@ -32,10 +32,11 @@ import time
 import traceback
 from pathlib import Path
 
+from trainkit import builtin
 from trainkit.choices import COMMANDS
 from trainkit.errors import Interrupted, UserError
 
-CONFIG_DIR = Path(os.environ.get("TRAINKIT_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+CONFIG_DIR = Path(os.environ.get("TRAINKIT_CONFIG_DIR") or builtin.config_dir())
 RUN_ID = secrets.token_hex(3)  # one per process: two runs started in the same second differ
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130

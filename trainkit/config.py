@@ -139,6 +139,9 @@ class RunConfig:
     logger: Dict[str, Any] = field(default_factory=dict)
     tuner: TunerConfig = field(default_factory=TunerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # Where the real-data recipes read their datasets (<data_dir>/oulad, /uci_dropout, /openstax_text):
+    # $TRAINKIT_DATA, else a folder in the user's cache; never a path relative to where trainkit runs.
+    data_dir: str = "${oc.env:TRAINKIT_DATA,'~/.cache/trainkit/data'}"
 
 
 def register_configs() -> None:

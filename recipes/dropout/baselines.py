@@ -1,7 +1,7 @@
 """A like-for-like reference: logistic regression on exactly the rows, splits and features the MLP sees.
 
-    python -m recipes.dropout.baselines uci_dropout folds=5 fold=0
-    python -m recipes.dropout.baselines oulad_at_risk split=presentation
+    python -m trainkit.recipes.dropout.baselines uci_dropout folds=5 fold=0
+    python -m trainkit.recipes.dropout.baselines oulad_at_risk split=presentation
 
 The datamodule config (configs/datamodule/<name>.yaml, with key=value overrides) builds the
 splits and the preprocessing; categorical indices are one-hot encoded; an L2-penalised
@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from recipes.dropout.tabular import TabularDataModule
+from .tabular import TabularDataModule
 from trainkit.metrics import binary_auroc
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recipes.dropout import oulad
-from recipes.dropout.tabular import Raw, TabularDataModule
-from recipes.dropout.tables import find_file, read_table
+from . import oulad
+from .tabular import Raw, TabularDataModule
+from .tables import find_file, read_table
 from trainkit.errors import ConfigError
 
 SPLITS = ("random", "presentation")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recipes.dropout.objective import Batch, ClassifierObjective
+from .objective import Batch, ClassifierObjective
 from trainkit.engine.module import TrainModule
 from trainkit.errors import ConfigError
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recipes.dropout.tables import find_file, is_int, read_bytes, read_table
+from .tables import find_file, is_int, read_bytes, read_table
 from trainkit.errors import DataError
 
 INFO_COLUMNS = (

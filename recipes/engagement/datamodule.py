@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recipes.dropout import oulad
-from recipes.dropout.datamodule import OULADAtRiskDataModule
-from recipes.dropout.tabular import Raw
+from trainkit.recipes.dropout import oulad
+from trainkit.recipes.dropout.datamodule import OULADAtRiskDataModule
+from trainkit.recipes.dropout.tabular import Raw
 from trainkit.errors import ConfigError
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recipes.dropout.model import FeatureEncoder, mlp
-from recipes.dropout.objective import Batch, ClassifierObjective
-from recipes.dropout.oulad import DAY_FEATURES
+from trainkit.recipes.dropout.model import FeatureEncoder, mlp
+from trainkit.recipes.dropout.objective import Batch, ClassifierObjective
+from trainkit.recipes.dropout.oulad import DAY_FEATURES
 from trainkit.engine.module import TrainModule
 from trainkit.errors import ConfigError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recipes.knowledge_tracing.kt_lines import KTSequence
+from .kt_lines import KTSequence
 from trainkit.metrics import binary_auroc
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from recipes.knowledge_tracing.kt_csv import read_interactions_csv, read_pykt_csv
-from recipes.knowledge_tracing.kt_lines import KTSequence, read_kt_lines
-from recipes.knowledge_tracing.simulator import (
+from .kt_csv import read_interactions_csv, read_pykt_csv
+from .kt_lines import KTSequence, read_kt_lines
+from .simulator import (
     INTERACTIONS_FILE,
     PYKT_TEST,
     PYKT_TRAIN_VALID,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from recipes.knowledge_tracing.kt_lines import KTSequence, preview
+from .kt_lines import KTSequence, preview
 from trainkit.errors import DataError
 
 PYKT_PAD = -1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recipes.knowledge_tracing.objective import Batch, KTObjective
+from .objective import Batch, KTObjective
 from trainkit.engine.module import TrainModule
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipes.knowledge_tracing.objective import Batch, KTObjective
+from .objective import Batch, KTObjective
 from trainkit.engine.module import TrainModule
 from trainkit.errors import ConfigError
 

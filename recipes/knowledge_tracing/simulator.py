@@ -53,8 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recipes.knowledge_tracing.kt_csv import write_interactions_csv, write_pykt_csv
-from recipes.knowledge_tracing.kt_lines import KTSequence, write_kt_lines
+from .kt_csv import write_interactions_csv, write_pykt_csv
+from .kt_lines import KTSequence, write_kt_lines
 from trainkit.errors import ConfigError
 
 # Part of the cache key: bump it when the dynamics change, so that no run reuses a dataset that

@@ -1,7 +1,7 @@
 """Reference perplexities that say whether the GPT learnt more than byte frequencies.
 
-    python -m recipes.tiny_gpt.baselines                       # the OpenStax books, the default split
-    python -m recipes.tiny_gpt.baselines ~/my_texts 0.01 0.01  # path, val_fraction, test_fraction
+    python -m trainkit.recipes.tiny_gpt.baselines                       # the OpenStax books, the default split
+    python -m trainkit.recipes.tiny_gpt.baselines ~/my_texts 0.01 0.01  # path, val_fraction, test_fraction
 
 Unigram (each byte's frequency) and bigram (the next byte's frequency given the previous one)
 counts from the training split, add-one smoothed, scored on exactly the targets the model is
@@ -14,8 +14,8 @@ import sys
 
 import numpy as np
 
-from recipes.tiny_gpt.datamodule import read_corpus, split_books
-from recipes.tiny_gpt.tokenizer import VOCAB_SIZE
+from .datamodule import read_corpus, split_books
+from .tokenizer import VOCAB_SIZE
 
 
 def ngram_perplexity(train_parts: list[np.ndarray], eval_parts: list[np.ndarray], order: int) -> float:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from recipes.tiny_gpt.tokenizer import encode
+from .tokenizer import encode
 from trainkit.engine.data import DataModule
 from trainkit.errors import ConfigError, DataError
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from recipes.tiny_gpt.tokenizer import VOCAB_SIZE, decode
+from .tokenizer import VOCAB_SIZE, decode
 from trainkit.engine.module import TrainModule
 from trainkit.errors import ConfigError
 

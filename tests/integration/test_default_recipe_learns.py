@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 
-from recipes.knowledge_tracing.baselines import per_skill_prior_auc
-from recipes.knowledge_tracing.datamodule import make_windows
-from recipes.knowledge_tracing.kt_lines import read_kt_lines
-from recipes.knowledge_tracing.simulator import SimulatorConfig, cached_dataset
+from trainkit.recipes.knowledge_tracing.baselines import per_skill_prior_auc
+from trainkit.recipes.knowledge_tracing.datamodule import make_windows
+from trainkit.recipes.knowledge_tracing.kt_lines import read_kt_lines
+from trainkit.recipes.knowledge_tracing.simulator import SimulatorConfig, cached_dataset
 from tests.conftest import run_cli
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recipes.dropout import oulad
-from recipes.dropout.datamodule import OULADAtRiskDataModule
-from recipes.dropout.tiny_data import write_oulad
-from recipes.engagement.datamodule import OULADClicksDataModule
-from recipes.engagement.model import EngagementGRU
+from trainkit.recipes.dropout import oulad
+from trainkit.recipes.dropout.datamodule import OULADAtRiskDataModule
+from trainkit.recipes.dropout.tiny_data import write_oulad
+from trainkit.recipes.engagement.datamodule import OULADClicksDataModule
+from trainkit.recipes.engagement.model import EngagementGRU
 from trainkit.cli import CONFIG_DIR
 from trainkit.errors import ConfigError, DataError
 

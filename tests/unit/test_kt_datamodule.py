@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from recipes.knowledge_tracing.baselines import per_skill_prior_auc
-from recipes.knowledge_tracing.datamodule import KTDataModule, collate_kt, make_windows
-from recipes.knowledge_tracing.kt_lines import write_kt_lines
+from trainkit.recipes.knowledge_tracing.baselines import per_skill_prior_auc
+from trainkit.recipes.knowledge_tracing.datamodule import KTDataModule, collate_kt, make_windows
+from trainkit.recipes.knowledge_tracing.kt_lines import write_kt_lines
 from trainkit.errors import ConfigError, DataError
 
 

@@ -7,20 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from recipes.knowledge_tracing.datamodule import (
+from trainkit.recipes.knowledge_tracing.datamodule import (
     InteractionsDataModule,
     KTDataModule,
     PyKTDataModule,
     random_split,
 )
-from recipes.knowledge_tracing.kt_csv import (
+from trainkit.recipes.knowledge_tracing.kt_csv import (
     read_interactions_csv,
     read_pykt_csv,
     write_interactions_csv,
     write_pykt_csv,
 )
-from recipes.knowledge_tracing.kt_lines import write_kt_lines
-from recipes.knowledge_tracing.simulator import SimulatorConfig, simulate
+from trainkit.recipes.knowledge_tracing.kt_lines import write_kt_lines
+from trainkit.recipes.knowledge_tracing.simulator import SimulatorConfig, simulate
 from trainkit.errors import DataError
 
 # pyKT's own layout: extra columns, quoted lists, -1 padding to its maxlen (5 here).

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recipes.knowledge_tracing.kt_lines import read_kt_lines, write_kt_lines
+from trainkit.recipes.knowledge_tracing.kt_lines import read_kt_lines, write_kt_lines
 from trainkit.errors import DataError
 
 

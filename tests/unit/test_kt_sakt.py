@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recipes.knowledge_tracing.baselines import per_skill_prior_auc
-from recipes.knowledge_tracing.datamodule import KTDataModule, collate_kt, make_windows
-from recipes.knowledge_tracing.kt_lines import read_kt_lines
-from recipes.knowledge_tracing.model import DKT
-from recipes.knowledge_tracing.sakt import SAKT
-from recipes.knowledge_tracing.simulator import SimulatorConfig, cached_dataset
+from trainkit.recipes.knowledge_tracing.baselines import per_skill_prior_auc
+from trainkit.recipes.knowledge_tracing.datamodule import KTDataModule, collate_kt, make_windows
+from trainkit.recipes.knowledge_tracing.kt_lines import read_kt_lines
+from trainkit.recipes.knowledge_tracing.model import DKT
+from trainkit.recipes.knowledge_tracing.sakt import SAKT
+from trainkit.recipes.knowledge_tracing.simulator import SimulatorConfig, cached_dataset
 from trainkit import Trainer
 from trainkit.errors import ConfigError
 

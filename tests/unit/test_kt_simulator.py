@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from recipes.knowledge_tracing import simulator
-from recipes.knowledge_tracing.kt_lines import read_kt_lines
-from recipes.knowledge_tracing.simulator import (
+from trainkit.recipes.knowledge_tracing import simulator
+from trainkit.recipes.knowledge_tracing.kt_lines import read_kt_lines
+from trainkit.recipes.knowledge_tracing.simulator import (
     SimulatorConfig,
     cached_dataset,
     config_hash,

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import RandomSampler
 
-from recipes.tiny_gpt.baselines import ngram_perplexity
-from recipes.tiny_gpt.datamodule import EvalWindows, TextDataModule, TrainWindows, collate_windows, read_corpus, split_books
-from recipes.tiny_gpt.model import TinyGPT, token_loss_sum
-from recipes.tiny_gpt.tokenizer import VOCAB_SIZE, decode, encode
+from trainkit.recipes.tiny_gpt.baselines import ngram_perplexity
+from trainkit.recipes.tiny_gpt.datamodule import EvalWindows, TextDataModule, TrainWindows, collate_windows, read_corpus, split_books
+from trainkit.recipes.tiny_gpt.model import TinyGPT, token_loss_sum
+from trainkit.recipes.tiny_gpt.tokenizer import VOCAB_SIZE, decode, encode
 from tests.recipe_data import tiny_corpus
 from trainkit import Trainer
 from trainkit.engine.samplers import GlobalBatchSampler, distribute_loader

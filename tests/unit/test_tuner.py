@@ -7,8 +7,8 @@ import functools
 import pytest
 import torch
 
-from recipes.knowledge_tracing.datamodule import KTDataModule
-from recipes.knowledge_tracing.model import DKT
+from trainkit.recipes.knowledge_tracing.datamodule import KTDataModule
+from trainkit.recipes.knowledge_tracing.model import DKT
 from trainkit.engine.trainer import Trainer
 from trainkit.tuner import tuner_overrides
 from trainkit.tuner.batch_size_find import batch_size_find

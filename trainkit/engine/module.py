@@ -92,20 +92,10 @@ class TrainModule(nn.Module):
         the whole global batch. With `async_op=True` it returns a handle whose `wait()` gives the
         sum: start it before the forward pass and the exchange overlaps with it.
         """
-        start = getattr(self.trainer.strategy, "all_reduce_sum_async", None)
-        pending = start(tensor.detach().clone()) if start is not None else _Done(tensor.detach())
+        pending = self.trainer.strategy.all_reduce_sum_async(tensor.detach().clone())
         return pending if async_op else pending.wait()
 
     def log_dict(self, values: dict[str, torch.Tensor | float], **kwargs: Any) -> None:
         for name, value in values.items():
             self.log(name, value, **kwargs)
 
-
-class _Done:
-    """The handle `sum_over_processes(async_op=True)` gives in one process: nothing to wait for."""
-
-    def __init__(self, value: torch.Tensor) -> None:
-        self.value = value
-
-    def wait(self) -> torch.Tensor:
-        return self.value

@@ -1,8 +1,8 @@
 """Strategies: how the model is placed and how gradients and metrics cross processes.
 
-The Trainer talks to one `Strategy` object and never asks which kind it has: `single` (one
-device), `ddp` (one process per device; `auto` picks it when there are several) or `fsdp`
-(FSDP2: parameters, gradients and optimizer state sharded over the processes).
+The Trainer talks to one `Strategy` (the Protocol in base.py) and never asks which kind it has:
+`single` (one device), `ddp` (one process per device; `auto` picks it when there are several) or
+`fsdp` (FSDP2: parameters, gradients and optimizer state sharded over the processes).
 """
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import torch
 from trainkit.choices import ACCELERATORS, STRATEGIES
 from trainkit.errors import ConfigError
 from trainkit.launch.env import DistEnv
+from trainkit.strategies.base import Strategy
 from trainkit.strategies.ddp import DDPStrategy
 from trainkit.strategies.fsdp import FSDPStrategy
 from trainkit.strategies.single import SingleDeviceStrategy
 
+__all__ = ["Strategy", "make_strategy", "resolve_device"]
 
 
 def resolve_device(accelerator: str) -> torch.device:
@@ -38,7 +40,7 @@ def make_strategy(
     precision_mode: str = "32",
     wrap_modules: list[str] | None = None,
     cpu_offload: bool = False,
-) -> SingleDeviceStrategy | DDPStrategy:
+) -> Strategy:
     """The strategy for this process. `env` is the rank layout its launcher gave it."""
     if name not in STRATEGIES:
         raise ConfigError(f"strategy={name!r} is not one of {', '.join(STRATEGIES)}")

@@ -59,6 +59,8 @@ _GROUP_STORE = [None]  # the store of this process's group (one group per proces
 
 
 class DDPStrategy:
+    forward_in_lockstep = False
+
     def __init__(self, env: DistEnv, device: torch.device, find_unused_parameters: bool = False,
                  timeout_s: float = 1800.0) -> None:
         # The group's store also carries the stop signal between ranks (trainkit.signals.StopVote).

@@ -8,12 +8,15 @@ import torch
 from torch import nn
 
 from trainkit.engine.tensors import apply_to_tensors
+from trainkit.strategies.base import Done
 
 
 class SingleDeviceStrategy:
     world_size = 1
     global_rank = 0
     is_global_zero = True
+    forward_in_lockstep = False
+    store = None  # one process: a stop signal needs no agreement
 
     def __init__(self, device: torch.device) -> None:
         self.root_device = device
@@ -41,9 +44,14 @@ class SingleDeviceStrategy:
             return None
         return nn.utils.clip_grad_norm_(parameters, max_norm)
 
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def all_reduce_sum_async(self, tensor: torch.Tensor) -> Done:
+        return Done(tensor)
+
     def barrier(self) -> None:
         pass
 
     def teardown(self) -> None:
         pass
-

@@ -144,11 +144,10 @@ class TrialRecord(Callback):
         if self._trial is not None:  # rank 0
             self._trial.report(value, step)
             prune = self._trial.should_prune()
-        reduce = getattr(trainer.strategy, "all_reduce_sum", None)
-        if trainer.world_size > 1 and reduce is not None:  # every rank stops at the same step
+        if trainer.world_size > 1:  # every rank stops at the same step
             import torch
 
-            prune = bool(reduce(torch.tensor(float(prune))).item() > 0)
+            prune = bool(trainer.strategy.all_reduce_sum(torch.tensor(float(prune))).item() > 0)
         if prune:
             self.pruned_at = step
             trainer.should_stop = True

@@ -1,0 +1,64 @@
+"""How many batches a loop takes from a loader, and which share of the data each rank reads."""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+from trainkit.engine.samplers import distribute_loader
+from trainkit.errors import ConfigError
+from trainkit.strategies.base import Strategy
+
+
+def length(loader: Iterable) -> int | float:
+    """`len(loader)`, or infinity for a loader without a length (an IterableDataset)."""
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return math.inf
+
+
+def num_batches(loader: Iterable, limit: int | float) -> int | float:
+    """How many batches of `loader` a loop takes: an int limit is a count, a float a fraction."""
+    size = length(loader)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+        raise ConfigError(f"limit_*_batches={limit!r} must be an int (batches) or a float in [0, 1] (fraction)")
+    if isinstance(limit, int):
+        return min(limit, size)
+    if limit > 1.0:
+        raise ConfigError(f"limit_*_batches={limit} is a float above 1.0: use an int for a count of batches")
+    if math.isinf(size):
+        if limit == 1.0:
+            return math.inf
+        raise ConfigError("a fractional limit_*_batches needs a loader with a length; use an int")
+    # A positive fraction takes at least one batch: 0.1 of a 5-batch loader is 1, not 0.
+    return max(1, int(size * limit)) if 0.0 < limit < 1.0 else int(size * limit)
+
+
+def take(loader: Iterable, limit: int | float) -> Iterable[tuple[int, Any]]:
+    """The first `limit` batches. A loader read in full is read to its end, as a plain `for`
+    loop would: samplers draw from their generator when they finish, and stopping one batch
+    early would shift every later epoch's shuffle."""
+    if limit == 0:
+        return
+    stop_early = limit < length(loader)
+    for batch_idx, batch in enumerate(loader):
+        yield batch_idx, batch
+        if stop_early and batch_idx + 1 >= limit:
+            return
+
+
+def distribute(loader: Iterable | None, strategy: Strategy, data_seed: int, train: bool) -> Iterable | None:
+    """The loader with this rank's share of the data (samplers.py says how it is cut)."""
+    return distribute_loader(loader, strategy.global_rank, strategy.world_size, data_seed, train)
+
+
+def shared_data_seed(seed: int | None, strategy: Strategy) -> int:
+    """One seed for the data order on every rank: the run's seed, or rank 0's random draw."""
+    if seed is not None:
+        return seed
+    draw = int(torch.randint(2**31 - 1, ()).item()) if strategy.is_global_zero else 0
+    if strategy.world_size == 1:
+        return draw
+    return int(strategy.all_reduce_sum(torch.tensor(draw, dtype=torch.int64)).item())

@@ -1,0 +1,189 @@
+"""The trainer's own state, and the checkpoints that carry it: save, resume, init_from.
+
+A checkpoint holds the model and optimizer (through torch.distributed.checkpoint, sharded where
+the strategy shards), `state_dict(trainer)` (counters, data seed, scheduler, precision, callbacks,
+the training epoch's metric sums, and the settings exactness depends on), and per rank the RNG
+streams. Resuming refuses a checkpoint whose settings differ, unless `resume_strict=False`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from trainkit.engine.callback import Callback
+from trainkit.engine.rng import capture_rng
+from trainkit.engine.samplers import GlobalBatchSampler
+from trainkit.engine.state import TrainState
+from trainkit.errors import UserError
+
+if TYPE_CHECKING:
+    from trainkit.engine.trainer import Trainer
+
+log = logging.getLogger("trainkit")
+
+
+def state_dict(trainer: Trainer) -> dict[str, Any]:
+    """Everything beyond model and optimizer that resume needs (plain types and tensors)."""
+    return {
+        "progress": dataclasses.asdict(trainer.state),
+        "data_seed": trainer._data_seed,
+        "last_val_step": trainer._last_val_step,
+        "lr_scheduler": trainer.lr_scheduler.state_dict() if trainer.lr_scheduler is not None else None,
+        "precision": trainer.precision.state_dict(),
+        "callbacks": {key: cb.state_dict() for key, cb in keyed_callbacks(trainer.callbacks)},
+        "metrics": trainer.metrics.state_dict(),
+        "settings": settings(trainer),
+    }
+
+
+def load_state_dict(trainer: Trainer, state: dict[str, Any]) -> None:
+    trainer.state = TrainState(**state["progress"])
+    trainer.state.should_stop = False
+    trainer._last_val_step = state["last_val_step"]
+    trainer._data_seed = state["data_seed"]
+    batches = getattr(trainer.train_dataloader, "batch_sampler", None)
+    if isinstance(batches, GlobalBatchSampler):
+        batches.seed = trainer._data_seed
+    if trainer.lr_scheduler is not None and state["lr_scheduler"] is not None:
+        trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    trainer.precision.load_state_dict(state["precision"])
+    saved = state["callbacks"]
+    for key, cb in keyed_callbacks(trainer.callbacks):
+        if key in saved:
+            cb.load_state_dict(saved[key])
+    trainer.metrics.load_state_dict(state["metrics"])
+
+
+def keyed_callbacks(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
+    """Each callback under a stable key: its class name, with `#N` for the N-th repeat."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for cb in callbacks:
+        name = type(cb).__name__
+        keyed.append((f"{name}#{seen.get(name, 0)}" if name in seen else name, cb))
+        seen[name] = seen.get(name, 0) + 1
+    return keyed
+
+
+def settings(trainer: Trainer) -> dict[str, Any]:
+    """What must match for a resumed run to continue this one exactly. The number of
+    processes is not among them: with the same global batch the data order is the same on
+    any number (samplers.py) and DCP reshards model and optimizer."""
+    batches = getattr(trainer.train_dataloader, "batch_sampler", None)
+    per_process = getattr(batches, "batch_size", None) or getattr(trainer.train_dataloader, "batch_size", None)
+    return {
+        "global batch size": per_process * trainer.strategy.world_size if per_process else None,
+        "train batches per epoch": trainer.num_training_batches,
+        "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
+        **trainer.hparams,
+    }
+
+
+def save_checkpoint(trainer: Trainer, name: str | None = None) -> str:
+    from trainkit import checkpoint
+
+    for lg in trainer.loggers:  # what was logged up to this step is on disk before the checkpoint
+        lg.flush()
+    os.makedirs(trainer.checkpoint_dir, exist_ok=True)
+    return checkpoint.save(
+        trainer.checkpoint_dir,
+        name or f"epoch={trainer.state.epoch}-step={trainer.state.global_step}",
+        model=trainer.model,
+        optimizer=trainer.optimizer,
+        trainer_state=state_dict(trainer),
+        rank_state={"rng": capture_rng(), "epoch_rng": trainer._epoch_rng},
+        rank=trainer.strategy.global_rank,
+        is_global_zero=trainer.is_global_zero,
+        barrier=trainer.strategy.barrier,
+    )
+
+
+def checkpoint_to_load(trainer: Trainer) -> str | None:
+    """The checkpoint `resume` names: None for none, the newest intact one for "auto"."""
+    from trainkit import checkpoint
+
+    resume = trainer.resume
+    if resume in (None, "none"):
+        return None
+    if resume == "auto":
+        path, problems = checkpoint.find_resumable(trainer.checkpoint_dir)
+        for problem in problems:
+            log.warning("skipping a damaged checkpoint: %s", problem)
+        if path is None and problems:
+            raise UserError(f"trainer.resume=auto: no intact checkpoint in {trainer.checkpoint_dir} ("
+                            + "; ".join(problems) + "); remove them, or set trainer.resume=none to start over")
+        if path is None:
+            log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", trainer.checkpoint_dir)
+        return path
+    path = checkpoint.resolve(resume)
+    problem = checkpoint.verify(path)
+    if problem is not None:
+        raise UserError(f"trainer.resume={resume}: {problem}")
+    return path
+
+
+def restore(trainer: Trainer) -> None:
+    """Before fit: continue from the checkpoint `resume` names, or start from `init_from`'s weights."""
+    from trainkit import checkpoint
+
+    path = checkpoint_to_load(trainer)
+    if path is None:
+        if trainer.init_from:
+            _init_weights(trainer)
+        return
+    rank = trainer.strategy.global_rank
+    trainer_state, rank_state = checkpoint.load(path, trainer.model, trainer.optimizer, rank)
+    saved, current = trainer_state["settings"], settings(trainer)
+    differ = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if differ:
+        listing = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ)
+        if trainer.resume_strict:
+            raise UserError(
+                f"cannot resume exactly from {path}: settings differ ({listing}); use the checkpoint's "
+                "settings, or set trainer.resume_strict=false to resume anyway (not an exact continuation)"
+            )
+        log.warning("resuming from %s although settings differ (%s): not an exact continuation", path, listing)
+    load_state_dict(trainer, trainer_state)
+    if rank_state is None:  # saved by fewer processes: this rank takes rank 0's RNG streams
+        log.warning("%s has no RNG state for rank %d (saved by fewer processes): using rank 0's", path, rank)
+        rank_state = checkpoint.load_rank_state(path, 0)
+    trainer._resume_position = {"batch_idx": trainer.state.batch_idx, **rank_state}
+    log.info("resumed from %s: step %d, epoch %d, batch %d of the epoch", path, trainer.state.global_step,
+             trainer.state.epoch, trainer.state.batch_idx)
+
+
+def _init_weights(trainer: Trainer) -> None:
+    """Fine-tuning starts a new run from another run's weights: fresh optimizer, schedule,
+    counters and data order. (A resumed fine-tuning run continues from its own checkpoint.)"""
+    from trainkit import checkpoint
+
+    path = checkpoint.resolve(trainer.init_from)
+    problem = checkpoint.verify(path)
+    if problem is not None:
+        raise UserError(f"trainer.init_from={trainer.init_from}: {problem}")
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+    try:
+        checkpoint.load_model_weights(path, trainer.model)
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - DCP names the mismatching key and shapes
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise UserError(f"trainer.init_from={path}: its weights do not fit this model ("
+                        f"{lines[-1] if lines else type(exc).__name__}); use the model settings of the run "
+                        "that saved it") from None
+    log.info("initialized the model from %s (weights only: fresh optimizer, schedule and counters)", path)
+
+
+def load_weights_for_evaluation(trainer: Trainer) -> None:
+    """validate / test / predict: the weights of the checkpoint `resume` names, if any."""
+    from trainkit import checkpoint
+
+    path = checkpoint_to_load(trainer)
+    if path is None:
+        if trainer.resume == "auto":
+            log.warning("trainer.resume=auto found no checkpoint: %s runs on the model's initial weights",
+                        trainer.state.stage)
+        return
+    checkpoint.load_model_weights(path, trainer.model)
+    log.info("loaded weights from %s", path)

@@ -19,14 +19,14 @@ def _knowledge_tracing(tmp_path: Path) -> list[str]:
 
 
 def _uci_dropout(tmp_path: Path) -> list[str]:
-    from trainkit.recipes.dropout.tiny_data import write_uci
+    from trainkit.tabular.tiny_data import write_uci
 
     write_uci(tmp_path)
     return [f"datamodule.path={tmp_path}", "datamodule.batch_size=16"]
 
 
 def _oulad(tmp_path: Path) -> list[str]:
-    from trainkit.recipes.dropout.tiny_data import write_oulad
+    from trainkit.tabular.tiny_data import write_oulad
 
     write_oulad(tmp_path)
     return [f"datamodule.path={tmp_path}", "datamodule.batch_size=16"]

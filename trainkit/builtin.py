@@ -3,6 +3,8 @@ configs/ folder, shipped inside the wheel), found without importing torch or the
 
     config_dir()    the folder on disk (listing the groups for --help, checking an option exists)
     SEARCH_PATH     the same for Hydra's search path, wherever trainkit is installed (even zipped)
+    DATA_DIR        the config's `data_dir`: where the real-data recipes read their datasets
+    data_dir()      that folder, resolved (for scripts that run without a composed config)
 """
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from pathlib import Path
 
 PACKAGE = "trainkit.configs"
 SEARCH_PATH = f"pkg://{PACKAGE}"
+# $TRAINKIT_DATA, else a folder in the user's cache: never a path relative to where trainkit runs
+# (the datasets' subfolders: oulad/, uci_dropout/, openstax_text/).
+DATA_DIR = "${oc.env:TRAINKIT_DATA,'~/.cache/trainkit/data'}"
 
 
 def config_dir() -> Path:
@@ -18,3 +23,9 @@ def config_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(f"{PACKAGE} is missing: this trainkit installation is broken; reinstall it")
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def data_dir() -> Path:
+    from omegaconf import OmegaConf
+
+    return Path(OmegaConf.create({"data_dir": DATA_DIR}).data_dir).expanduser()

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from trainkit.builtin import DATA_DIR
 from trainkit.choices import ACCELERATORS, LAUNCHERS, PRECISIONS, STRATEGIES
 from trainkit.errors import ConfigError
 
@@ -139,9 +140,7 @@ class RunConfig:
     logger: Dict[str, Any] = field(default_factory=dict)
     tuner: TunerConfig = field(default_factory=TunerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
-    # Where the real-data recipes read their datasets (<data_dir>/oulad, /uci_dropout, /openstax_text):
-    # $TRAINKIT_DATA, else a folder in the user's cache; never a path relative to where trainkit runs.
-    data_dir: str = "${oc.env:TRAINKIT_DATA,'~/.cache/trainkit/data'}"
+    data_dir: str = DATA_DIR  # where the real-data recipes read their datasets (trainkit/builtin.py)
 
 
 def register_configs() -> None:

@@ -16,7 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from .tabular import TabularDataModule
+from trainkit.tabular.datamodule import TabularDataModule
 from trainkit.metrics import binary_auroc
 
 
@@ -56,13 +56,14 @@ def main(argv: list[str]) -> None:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from trainkit.cli import CONFIG_DIR
+    from trainkit.builtin import DATA_DIR, config_dir
 
     name, overrides = argv[0], argv[1:]
-    cfg = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "datamodule" / f"{name}.yaml"), OmegaConf.from_dotlist(overrides))
-    if "balance" in cfg:
-        cfg.balance = "none"  # the rows once each
-    data = instantiate(cfg)
+    datamodule = OmegaConf.merge(OmegaConf.load(config_dir() / "datamodule" / f"{name}.yaml"), OmegaConf.from_dotlist(overrides))
+    if "balance" in datamodule:
+        datamodule.balance = "none"  # the rows once each
+    cfg = OmegaConf.create({"data_dir": DATA_DIR, "datamodule": datamodule})  # path: ${data_dir}/...
+    data = instantiate(cfg.datamodule)
     data.setup("fit")
     print(" ".join(f"{k}={v:.4f}" for k, v in logistic_regression(data).items()))
 

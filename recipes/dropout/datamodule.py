@@ -1,4 +1,4 @@
-"""Who drops out? Two tables, one pipeline (tabular.py): stratified splits or k folds, scaling and
+"""Who drops out? Two tables, one pipeline (trainkit/tabular/datamodule.py): stratified splits or k folds, scaling and
 category indices fitted on the training rows, class balancing by loss weights or oversampling.
 
     UCIDropoutDataModule    UCI "Predict Students' Dropout and Academic Success": 3 classes
@@ -16,12 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import oulad
-from .tabular import Raw, TabularDataModule
-from .tables import find_file, read_table
-from trainkit.errors import ConfigError
-
-SPLITS = ("random", "presentation")
+from trainkit.tabular import oulad
+from trainkit.tabular.datamodule import Raw, TabularDataModule
+from trainkit.tabular.tables import find_file, read_table
 
 
 class UCIDropoutDataModule(TabularDataModule):
@@ -31,6 +28,8 @@ class UCIDropoutDataModule(TabularDataModule):
 
     missing_path = "it must hold data.csv.gz (or data.csv), UCI's 'Predict Students' Dropout and Academic Success' table"
     data_folder = "uci_dropout"
+    source = ("UCI's dataset 697, CC BY 4.0, https://archive.ics.uci.edu/dataset/697 (Realinho et al., "
+              "doi:10.3390/data7110146): its data.csv, gzipped or not")
 
     def __init__(
         self,
@@ -65,17 +64,19 @@ class UCIDropoutDataModule(TabularDataModule):
 
 class OULADAtRiskDataModule(TabularDataModule):
     """OULAD's studentInfo, studentRegistration and (for click features) studentVle_daily under
-    `path` (see oulad.py). One row per student and presentation; class 0 (`classes[0]`) is at
+    `path` (see trainkit/tabular/oulad.py). One row per student and presentation; class 0 (`classes[0]`) is at
     risk: a final_result in `at_risk`. `numeric` may name studentInfo's num_of_prev_attempts and
     studied_credits, date_registration, and the click features of oulad.CLICK_FEATURES, counted
     over the days before day `click_days`; `categorical` any of oulad.CATEGORICAL.
 
     split=random: a stratified random test set (test_fraction); split=presentation: the
-    presentations in `test_presentations` (codes such as 2014B) are the test set, the others the pool.
+    presentations in `test_presentations` (codes such as 2014B) are the test set, the others the pool
+    (oulad.AtRisk, shared with the engagement recipe).
     """
 
     missing_path = "it must hold OULAD's studentInfo.csv.gz, studentRegistration.csv.gz and studentVle_daily.csv.gz"
     data_folder = "oulad"
+    source = oulad.SOURCE
 
     def __init__(
         self,
@@ -99,44 +100,10 @@ class OULADAtRiskDataModule(TabularDataModule):
     ) -> None:
         super().__init__(path, numeric, categorical, classes, max_categories, test_fraction, valid_fraction,
                          folds, fold, balance, batch_size, num_workers, seed)
-        if len(self.classes) != 2:
-            raise ConfigError(f"datamodule.classes={self.classes}: at-risk prediction has two classes (at risk first)")
-        if split not in SPLITS:
-            raise ConfigError(f"datamodule.split={split!r}: choose one of {', '.join(SPLITS)}")
-        unknown = [r for r in at_risk if r not in oulad.FINAL_RESULTS]
-        if unknown or not at_risk:
-            raise ConfigError(f"datamodule.at_risk={list(at_risk)}: name final_result values ({', '.join(oulad.FINAL_RESULTS)})")
-        for key, names, allowed in (("numeric", self.numeric, oulad.NUMERIC), ("categorical", self.categorical, oulad.CATEGORICAL)):
-            unknown = [n for n in names if n not in allowed]
-            if unknown:
-                raise ConfigError(f"datamodule.{key}: {unknown[0]!r} is not an OULAD feature; choose from {', '.join(allowed)}")
-        if click_days < 1:
-            raise ConfigError(f"datamodule.click_days={click_days}: must be at least 1")
-        self.at_risk = list(at_risk)
-        self.split = split
-        self.test_presentations = list(test_presentations)
-        self.click_days = click_days
+        self.task = oulad.AtRisk(self.classes, list(at_risk), split, list(test_presentations), click_days,
+                                 self.numeric, self.categorical)
 
     def _load(self, folder: Path) -> Raw:
         students = oulad.read_students(folder)
-        clicks = oulad.read_daily_clicks(folder, students) if self._needs_clicks() else None
-        return self._raw(students, clicks)
-
-    def _needs_clicks(self) -> bool:
-        return any(name in oulad.CLICK_FEATURES for name in self.numeric)
-
-    def _raw(self, students: oulad.Students, clicks: oulad.DailyClicks | None) -> Raw:
-        columns = students.columns
-        labels = np.where(np.isin(columns["final_result"], self.at_risk), 0, 1).astype(np.int64)
-        numeric = oulad.numeric_features(students, clicks, self.numeric, self.click_days)
-        categorical = np.array([columns[name] for name in self.categorical], dtype=str).T.reshape(len(students), -1)
-        test_mask = None
-        if self.split == "presentation":
-            test_mask = np.isin(columns["code_presentation"], self.test_presentations)
-            if not test_mask.any() or test_mask.all():
-                found = sorted(set(columns["code_presentation"]))
-                raise ConfigError(
-                    f"datamodule.test_presentations={self.test_presentations}: the data's presentations are "
-                    f"{', '.join(found)}; the test set must be some but not all of them"
-                )
-        return Raw(numeric, categorical, labels, students.source, test_mask)
+        clicks = oulad.read_daily_clicks(folder, students) if self.task.needs_clicks else None
+        return self.task.rows(students, clicks)

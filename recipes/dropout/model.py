@@ -2,8 +2,8 @@
 
 Each categorical column's index (0 = a value training never saw) gets a learnt embedding; the
 embeddings and the standardised numeric columns are concatenated and go through `num_layers`
-blocks of Linear -> ReLU -> Dropout, then a linear layer to one logit per class. Loss and metrics:
-objective.py.
+blocks of Linear -> ReLU -> Dropout, then a linear layer to one logit per class (the layers:
+trainkit/tabular/layers.py). Loss and metrics: trainkit/tabular/objective.py.
 
 The model takes the datamodule's schema, not sizes: the config interpolates
 `numeric: ${datamodule.numeric}`, `categorical: ${datamodule.categorical}`, `classes:
@@ -19,32 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .objective import Batch, ClassifierObjective
 from trainkit.engine.module import TrainModule
 from trainkit.errors import ConfigError
-
-
-class FeatureEncoder(nn.Module):
-    """numeric [B, Fn] and categorical [B, Fc] -> [B, out_features]: the numbers, then one
-    embedding per categorical column (all columns share one table, each with its own rows)."""
-
-    def __init__(self, num_numeric: int, num_categorical: int, max_categories: int, embed_dim: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(num_categorical * max_categories, embed_dim) if num_categorical else None
-        self.register_buffer("offsets", torch.arange(num_categorical) * max_categories, persistent=False)
-        self.out_features = num_numeric + num_categorical * embed_dim
-
-    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        if self.embed is None:
-            return numeric
-        return torch.cat([numeric, self.embed(categorical + self.offsets).flatten(1).to(numeric.dtype)], dim=-1)
-
-
-def mlp(in_features: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(num_layers):
-        layers += [nn.Linear(in_features if i == 0 else hidden_size, hidden_size), nn.ReLU(), nn.Dropout(dropout)]
-    return nn.Sequential(*layers)
+from trainkit.tabular.layers import FeatureEncoder, mlp
+from trainkit.tabular.objective import Batch, ClassifierObjective
 
 
 class TabularMLP(TrainModule):

@@ -1,5 +1,6 @@
 """OULAD students as sequences of daily VLE activity, with the same rows, classes and splits as the
-at-risk table (recipes/dropout), so that the two models are scored on the same students.
+at-risk table (recipes/dropout: both take their rows from trainkit.tabular.oulad.AtRisk), so that
+the two models are scored on the same students.
 
 Each student-presentation gets 1 + 7 * weeks steps: step 0 sums the activity before the module
 start (day < 0), step 1 + d is day d. Per step (oulad.DAY_FEATURES): log(1 + clicks), log(1 +
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainkit.recipes.dropout import oulad
-from trainkit.recipes.dropout.datamodule import OULADAtRiskDataModule
-from trainkit.recipes.dropout.tabular import Raw
 from trainkit.errors import ConfigError
+from trainkit.tabular import oulad
+from trainkit.tabular.datamodule import Raw, TabularDataModule
 
 
-class OULADClicksDataModule(OULADAtRiskDataModule):
+class OULADClicksDataModule(TabularDataModule):
+    missing_path = "it must hold OULAD's studentInfo.csv.gz, studentRegistration.csv.gz and studentVle_daily.csv.gz"
+    data_folder = "oulad"
+    source = oulad.SOURCE
+
     def __init__(
         self,
         path: str,
@@ -40,18 +44,16 @@ class OULADClicksDataModule(OULADAtRiskDataModule):
     ) -> None:
         if weeks < 1:
             raise ConfigError(f"datamodule.weeks={weeks}: must be at least 1")
+        super().__init__(path, numeric, categorical, classes, max_categories, test_fraction, valid_fraction,
+                         folds, fold, balance, batch_size, num_workers, seed)
         # The click features of `numeric`, if any, count the same days as the sequence.
-        super().__init__(path, numeric, categorical, classes, at_risk, split, test_presentations, 7 * weeks,
-                         max_categories, test_fraction, valid_fraction, folds, fold, balance, batch_size,
-                         num_workers, seed)
+        self.task = oulad.AtRisk(self.classes, list(at_risk), split, list(test_presentations), 7 * weeks,
+                                 self.numeric, self.categorical)
         self.weeks = weeks
-
-    def _needs_clicks(self) -> bool:
-        return True
 
     def _load(self, folder: Path) -> Raw:
         students = oulad.read_students(folder)
         clicks = oulad.read_daily_clicks(folder, students)
-        raw = self._raw(students, clicks)
-        raw.extra["days"] = oulad.day_sequences(students, clicks, self.click_days)
+        raw = self.task.rows(students, clicks)
+        raw.extra["days"] = oulad.day_sequences(students, clicks, self.task.click_days)
         return raw

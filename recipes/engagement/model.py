@@ -2,9 +2,9 @@
 
 The GRU reads the days in order (step 0: everything before the module start, then one step per
 day); its last hidden state, concatenated with the encoded static features (the at-risk table's
-demographics, recipes/dropout/model.FeatureEncoder; none when the lists are empty), goes through
+demographics, trainkit.tabular.layers.FeatureEncoder; none when the lists are empty), goes through
 one Linear -> ReLU -> Dropout block to a logit per class. Loss and metrics are the tabular
-model's (recipes/dropout/objective.py), so val/auc means the same for both.
+model's (trainkit/tabular/objective.py), so val/auc means the same for both.
 
     trainkit fit experiment=engagement model.hidden_size=128
     trainkit fit experiment=engagement datamodule.numeric=[] datamodule.categorical=[]   # clicks only
@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainkit.recipes.dropout.model import FeatureEncoder, mlp
-from trainkit.recipes.dropout.objective import Batch, ClassifierObjective
-from trainkit.recipes.dropout.oulad import DAY_FEATURES
 from trainkit.engine.module import TrainModule
 from trainkit.errors import ConfigError
+from trainkit.tabular.layers import FeatureEncoder, mlp
+from trainkit.tabular.objective import Batch, ClassifierObjective
+from trainkit.tabular.oulad import DAY_FEATURES
 
 
 class EngagementGRU(TrainModule):

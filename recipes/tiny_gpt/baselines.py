@@ -36,7 +36,9 @@ def ngram_perplexity(train_parts: list[np.ndarray], eval_parts: list[np.ndarray]
 
 
 def main(argv: list[str]) -> None:
-    path = argv[0] if argv else "../shared/data/openstax_text"
+    from trainkit.builtin import data_dir
+
+    path = argv[0] if argv else str(data_dir() / "openstax_text")
     val_fraction, test_fraction = (float(argv[1]), float(argv[2])) if len(argv) > 2 else (0.01, 0.01)
     parts = split_books(read_corpus(path), val_fraction, test_fraction)
     for split in ("val", "test"):

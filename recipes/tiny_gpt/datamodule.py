@@ -137,8 +137,9 @@ class TextDataModule(DataModule):
 def corpus_files(path: str) -> list[Path]:
     """The .txt / .txt.gz files at path (a folder: its files, sorted by name; or one file)."""
     source = Path(path).expanduser()
-    fix = ("point datamodule.path at a folder of .txt / .txt.gz files or at one such file (the default, "
-           "${TRAINKIT_DATA}/openstax_text, reads TRAINKIT_DATA, or ../shared/data from the directory trainkit runs in)")
+    fix = ("point datamodule.path at a folder of .txt / .txt.gz files or at one such file. The default is "
+           "<data_dir>/openstax_text (data_dir: $TRAINKIT_DATA, else ~/.cache/trainkit/data): plain text of "
+           "OpenStax textbooks, CC BY 4.0, from https://openstax.org (any books' text works; see the recipe's README)")
     if not source.exists():
         raise DataError(f"datamodule.path={path} ({source.resolve()}): no such file or folder; {fix}")
     if source.is_file():

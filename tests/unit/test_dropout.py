@@ -9,12 +9,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from trainkit.recipes.dropout import oulad
+from trainkit.tabular import oulad
 from trainkit.recipes.dropout.datamodule import OULADAtRiskDataModule, UCIDropoutDataModule
 from trainkit.recipes.dropout.model import TabularMLP
-from trainkit.recipes.dropout.objective import ClassifierObjective
-from trainkit.recipes.dropout.tabular import Preprocessor, Raw, oversample, split_rows, stratified_folds
-from trainkit.recipes.dropout.tiny_data import write_oulad, write_uci
+from trainkit.tabular.objective import ClassifierObjective
+from trainkit.tabular.datamodule import Preprocessor, Raw, oversample, split_rows, stratified_folds
+from trainkit.tabular.tiny_data import write_oulad, write_uci
 from trainkit.cli import CONFIG_DIR
 from trainkit.errors import ConfigError, DataError
 

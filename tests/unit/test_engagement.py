@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from trainkit.recipes.dropout import oulad
+from trainkit.tabular import oulad
 from trainkit.recipes.dropout.datamodule import OULADAtRiskDataModule
-from trainkit.recipes.dropout.tiny_data import write_oulad
+from trainkit.tabular.tiny_data import write_oulad
 from trainkit.recipes.engagement.datamodule import OULADClicksDataModule
 from trainkit.recipes.engagement.model import EngagementGRU
 from trainkit.cli import CONFIG_DIR

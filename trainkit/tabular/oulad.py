@@ -4,6 +4,7 @@
     clicks = read_daily_clicks(folder, students)   # studentVle_daily: one row per (student, presentation, day)
     features = click_features(students, clicks, days=28)      # name -> [N] float
     sequences = day_sequences(students, clicks, days=28)      # [N, 1 + 28, 4] float
+    raw = AtRisk(classes, at_risk=["Withdrawn", "Fail"], ...).rows(students, clicks)   # the at-risk task's rows
 
 Files under the folder, each plain or gzipped (`.csv.gz` first): `studentInfo.csv`,
 `studentRegistration.csv` (the OU's originals: quoted, CRLF) and `studentVle_daily.csv`, the
@@ -23,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .tables import find_file, is_int, read_bytes, read_table
-from trainkit.errors import DataError
+from trainkit.errors import ConfigError, DataError
+from trainkit.tabular.datamodule import Raw
+from trainkit.tabular.tables import find_file, is_int, read_bytes, read_table
 
 INFO_COLUMNS = (
     "code_module", "code_presentation", "id_student", "gender", "region", "highest_education", "imd_band",
@@ -45,6 +47,11 @@ CLICK_FEATURES = {
     "days_since_active": "days from the last active day (before the start: day -1) to the window's last day; days + 1 if none",
 }
 NUMERIC = ("num_of_prev_attempts", "studied_credits", "date_registration", *CLICK_FEATURES)
+SPLITS = ("random", "presentation")
+# Where to get the data (the message of a missing folder names it).
+SOURCE = ("OULAD, CC BY 4.0, from https://analyse.kmi.open.ac.uk/open_dataset; studentVle_daily.csv is its "
+          "studentVle.csv summed per code_module, code_presentation, id_student and date (n_rows: records, "
+          "n_sites: distinct id_site, sum_click: clicks)")
 
 
 @dataclass
@@ -261,3 +268,55 @@ def numeric_features(students: Students, clicks: DailyClicks | None, names: list
     for name in ("num_of_prev_attempts", "studied_credits", "date_registration"):
         computed[name] = students.columns[name]
     return np.stack([computed[name] for name in names], axis=1) if names else np.zeros((len(students), 0))
+
+
+@dataclass
+class AtRisk:
+    """The at-risk task over OULAD's students, shared by the at-risk and engagement datamodules:
+    class 0 (`classes[0]`) is a final_result in `at_risk`; split=random leaves the test set to the
+    stratified split, split=presentation makes it the presentations in `test_presentations`.
+    `numeric` names features of NUMERIC (click features over the days before day `click_days`),
+    `categorical` columns of CATEGORICAL. Checked when built: a ConfigError names the key."""
+
+    classes: list[str]
+    at_risk: list[str]
+    split: str
+    test_presentations: list[str]
+    click_days: int
+    numeric: list[str]
+    categorical: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.classes) != 2:
+            raise ConfigError(f"datamodule.classes={self.classes}: at-risk prediction has two classes (at risk first)")
+        if self.split not in SPLITS:
+            raise ConfigError(f"datamodule.split={self.split!r}: choose one of {', '.join(SPLITS)}")
+        unknown = [r for r in self.at_risk if r not in FINAL_RESULTS]
+        if unknown or not self.at_risk:
+            raise ConfigError(f"datamodule.at_risk={list(self.at_risk)}: name final_result values ({', '.join(FINAL_RESULTS)})")
+        for key, names, allowed in (("numeric", self.numeric, NUMERIC), ("categorical", self.categorical, CATEGORICAL)):
+            unknown = [n for n in names if n not in allowed]
+            if unknown:
+                raise ConfigError(f"datamodule.{key}: {unknown[0]!r} is not an OULAD feature; choose from {', '.join(allowed)}")
+        if self.click_days < 1:
+            raise ConfigError(f"datamodule.click_days={self.click_days}: must be at least 1")
+
+    @property
+    def needs_clicks(self) -> bool:
+        return any(name in CLICK_FEATURES for name in self.numeric)
+
+    def rows(self, students: Students, clicks: DailyClicks | None) -> Raw:
+        columns = students.columns
+        labels = np.where(np.isin(columns["final_result"], self.at_risk), 0, 1).astype(np.int64)
+        numeric = numeric_features(students, clicks, self.numeric, self.click_days)
+        categorical = np.array([columns[name] for name in self.categorical], dtype=str).T.reshape(len(students), -1)
+        test_mask = None
+        if self.split == "presentation":
+            test_mask = np.isin(columns["code_presentation"], self.test_presentations)
+            if not test_mask.any() or test_mask.all():
+                found = sorted(set(columns["code_presentation"]))
+                raise ConfigError(
+                    f"datamodule.test_presentations={self.test_presentations}: the data's presentations are "
+                    f"{', '.join(found)}; the test set must be some but not all of them"
+                )
+        return Raw(numeric, categorical, labels, students.source, test_mask)

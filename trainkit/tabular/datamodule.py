@@ -196,12 +196,13 @@ def collate_rows(batch: Any) -> dict[str, torch.Tensor]:
 
 # -- the datamodule ----------------------------------------------------------------------------
 class TabularDataModule(DataModule):
-    """A subclass sets `missing_path` (the hint when datamodule.path does not exist) and
-    `data_folder`, and reads its files in `_load(folder) -> Raw`. The positive class (AUC, F1)
-    is classes[0]."""
+    """A subclass sets `missing_path` (the hint when datamodule.path does not exist: the files
+    expected there), `data_folder` and `source` (where to get the data, with its licence), and
+    reads its files in `_load(folder) -> Raw`. The positive class (AUC, F1) is classes[0]."""
 
     missing_path: str
-    data_folder: str  # the dataset's folder under $TRAINKIT_DATA
+    data_folder: str  # the dataset's folder under data_dir ($TRAINKIT_DATA)
+    source: str
 
     def __init__(
         self,
@@ -317,8 +318,9 @@ class TabularDataModule(DataModule):
         folder = Path(self.path).expanduser()
         if not folder.is_dir():
             raise DataError(
-                f"datamodule.path={self.path}: no such folder; {self.missing_path}. Point datamodule.path at "
-                f"that folder, or set TRAINKIT_DATA to the folder that holds {self.data_folder}/"
+                f"datamodule.path={self.path}: no such folder; {self.missing_path}. Get the data: {self.source}. "
+                f"Then set TRAINKIT_DATA (or data_dir=) to the folder that holds {self.data_folder}/, "
+                f"or point datamodule.path at that folder"
             )
         return folder
 

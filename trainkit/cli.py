@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return EXIT_OK
     command, overrides = argv[0], [_quote_group_option(a) for a in argv[1:]]
+    if command == "init":
+        from trainkit.scaffold import init_command
+
+        try:
+            return init_command(argv[1:])
+        except UserError as exc:
+            return _fail(EXIT_BAD_INPUT, str(exc))
     if command == "export":
         return _export(overrides, debug)
     if command == "sweep-summary":

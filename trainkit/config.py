@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from trainkit.builtin import DATA_DIR
-from trainkit.choices import ACCELERATORS, LAUNCHERS, PRECISIONS, STRATEGIES
+from trainkit.choices import ACCELERATORS, LAUNCHERS, PRECISIONS, STRATEGIES, precision_mode
 from trainkit.errors import ConfigError
 
 
@@ -166,8 +166,9 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"strategy={cfg.strategy.name!r} is not one of: {', '.join(STRATEGIES)}")
     if cfg.launcher.name not in LAUNCHERS:
         raise ConfigError(f"launcher={cfg.launcher.name!r} is not one of: {', '.join(LAUNCHERS)}")
-    if str(cfg.precision.mode) not in PRECISIONS:
+    if precision_mode(cfg.precision.mode) is None:
         raise ConfigError(f"precision={cfg.precision.mode!r} is not one of: {', '.join(PRECISIONS)}")
+    cfg.precision.mode = precision_mode(cfg.precision.mode)  # one spelling downstream: "32-true" is "32"
     for key in ("devices", "num_nodes", "accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps"):
         if t[key] < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be >= 1")

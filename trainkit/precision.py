@@ -5,8 +5,10 @@
     16-mixed    fp32 weights, forward under fp16 autocast, loss scaled by a GradScaler that skips
                 steps whose gradients overflowed (inf/NaN) and lowers the scale
     bf16-true   weights and floating inputs cast to bf16 (half the memory; no fp32 master copy)
+    64-true     weights and floating inputs in float64 (numerical checks; slow)
 
-All four run on CPU (torch has CPU autocast for bf16 and fp16) and on CUDA.
+Lightning's names are accepted too: "32-true", 32, 16, "bf16", 64 (choices.PRECISION_ALIASES).
+All of them run on CPU (torch has CPU autocast for bf16 and fp16) and on CUDA.
 """
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ from typing import Any
 
 import torch
 
-from trainkit.choices import PRECISIONS
+from trainkit.choices import PRECISIONS, precision_mode
 from trainkit.engine.tensors import apply_to_tensors
-
+from trainkit.errors import ConfigError
 
 
 class Precision:
@@ -28,13 +30,14 @@ class Precision:
         init_scale: float = 2.0**16,
         growth_interval: int = 2000,
     ) -> None:
-        mode = str(mode)
-        if mode not in PRECISIONS:
-            raise ValueError(f"precision={mode!r} is not one of {', '.join(PRECISIONS)}")
+        name = mode
+        mode = precision_mode(name)
+        if mode is None:
+            raise ConfigError(f"precision={name!r} is not one of {', '.join(PRECISIONS)} (or Lightning's 32-true, 16, bf16, 64)")
         self.mode = mode
         self.device_type = device_type
         self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(mode)
-        self.param_dtype = torch.bfloat16 if mode == "bf16-true" else None
+        self.param_dtype = {"bf16-true": torch.bfloat16, "64-true": torch.float64}.get(mode)
         self.scaler = (
             torch.amp.GradScaler(device_type, init_scale=init_scale, growth_interval=growth_interval)
             if mode == "16-mixed"

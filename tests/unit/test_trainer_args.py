@@ -121,10 +121,10 @@ class SanityRecorder(Callback):
         self.events.append(("start", trainer.sanity_checking))
 
     def on_sanity_check_end(self, trainer, module):
-        self.events.append(("end", trainer.sanity_checking, dict(trainer.callback_metrics)))
+        self.events.append(("end", trainer.sanity_checking, sorted(trainer.callback_metrics)))
 
     def on_train_epoch_start(self, trainer, module):
-        self.events.append(("train", trainer.sanity_checking))
+        self.events.append(("train", trainer.sanity_checking, sorted(trainer.callback_metrics)))
 
 
 def test_two_sanity_val_batches_run_before_training_and_log_nothing(tmp_path):
@@ -137,7 +137,8 @@ def test_two_sanity_val_batches_run_before_training_and_log_nothing(tmp_path):
     assert [c[2] for c in sanity] == [0, 1]
     assert len(kinds(module, "val")) == 5  # 2 for the sanity check, then limit_val_batches=3
     assert [e[:2] for e in recorder.events] == [("start", True), ("end", True), ("train", False)]
-    assert recorder.events[1][2] == {}  # nothing the sanity check logged is kept
+    assert recorder.events[1][2] == ["val/loss"]  # seen at its end, as in Lightning ...
+    assert recorder.events[2][2] == []  # ... and gone before training starts
     assert not t.sanity_checking
     import csv
 

@@ -71,8 +71,8 @@ class ModelCheckpoint(Callback):
     # -- how -------------------------------------------------------------------------------------
     def save(self, trainer, score: float | None = None) -> str | None:
         """Save at the current step unless this step is saved already; then apply retention."""
-        if trainer.global_step == self._last_saved_step or trainer.global_step == 0:
-            return None
+        if trainer.global_step == self._last_saved_step or trainer.global_step == 0 or trainer.fast_dev_run:
+            return None  # (fast_dev_run saves nothing, as in Lightning)
         name = f"epoch={trainer.current_epoch}-step={trainer.global_step}"
         if score is not None:
             name += f"-{self.monitor.replace('/', '_')}={score:.4f}"

@@ -1,6 +1,13 @@
-"""The validation, test and predict loops (also the validation inside fit)."""
+"""The validation, test and predict loops (also the validation inside fit and its sanity check).
+
+Several loaders (a list or dict) run one after the other, as in Lightning: each step gets
+`dataloader_idx` (its position), a metric logged from loader i is named `<name>/dataloader_idx_i`,
+and validate/test return one dict per loader (predict one list per loader). With one loader
+nothing changes: no `dataloader_idx` argument, no suffix.
+"""
 from __future__ import annotations
 
+import inspect
 import math
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -14,65 +21,142 @@ from trainkit.errors import UserError
 if TYPE_CHECKING:
     from trainkit.engine.trainer import Trainer
 
+_SUFFIX = "/dataloader_idx_"
+
 
 def run_stage(
     trainer: Trainer, stage: str, module: TrainModule, dataloaders: Iterable | None, datamodule: DataModule | None
-) -> dict[str, float]:
-    """`trainer.validate` / `trainer.test`: find the loader, shard it, run the loop."""
+) -> list[dict[str, float]]:
+    """`trainer.validate` / `trainer.test`: find the loaders, shard them, run the loop."""
     if dataloaders is None:
         if datamodule is None:
             raise UserError(f"{stage} needs data: pass dataloaders= or a datamodule")
         dataloaders = datamodule.val_dataloader() if stage == "validate" else datamodule.test_dataloader()
     if dataloaders is None:
         raise UserError(f"{stage}: the datamodule returned no {stage} dataloader")
-    dataloaders = loaders.distribute(dataloaders, trainer.strategy, trainer._data_seed, train=False)
     limit = trainer.limit_val_batches if stage == "validate" else trainer.limit_test_batches
-    return evaluate(trainer, stage, module, dataloaders, loaders.num_batches(dataloaders, limit))
+    shards, limits = loaders.prepare_eval(trainer, dataloaders, limit)
+    return evaluate(trainer, stage, module, shards, limits)
 
 
-def evaluate(trainer: Trainer, stage: str, module: TrainModule, loader: Iterable, limit: int | float) -> dict[str, float]:
-    """Run `validation_step` / `test_step` over `limit` batches; returns the epoch's metrics."""
+def evaluate(trainer: Trainer, stage: str, module: TrainModule, shards: list, limits: list,
+             log: bool = True) -> list[dict[str, float]]:
+    """Run `validation_step` / `test_step` over `limits[i]` batches of each loader; returns each
+    loader's epoch metrics (`log=False`: the sanity check, whose numbers go nowhere)."""
     prefix = "validation" if stage == "validate" else "test"
-    check_lockstep(trainer, stage, min(loaders.length(loader), limit))
+    for loader, limit in zip(shards, limits):
+        check_lockstep(trainer, stage, min(loaders.length(loader), limit))
     step_fn = module.validation_step if stage == "validate" else module.test_step
+    several = len(shards) > 1
+    if several:
+        _needs_dataloader_idx(module, "validation_step" if stage == "validate" else "test_step", stage)
     strategy, precision = trainer.strategy, trainer.precision
+    if trainer.profiler is not None:
+        step_fn = trainer.profiler.wrap(f"{prefix}_step", step_fn)
     was_training = module.training
     module.eval()
     trainer.metrics.training = False
     getattr(module, f"on_{prefix}_epoch_start")()
     trainer._call(f"on_{prefix}_start")
-    with torch.inference_mode():
-        for batch_idx, batch in loaders.take(loader, limit):
-            batch = strategy.batch_to_device(precision.convert_input(batch))
-            with precision.autocast():
-                out = step_fn(batch, batch_idx)
-            trainer._call_batch(f"on_{prefix}_batch_end", out, batch, batch_idx)
+    with grad_off(trainer):
+        for idx, (loader, limit) in enumerate(zip(shards, limits)):
+            trainer.metrics.dataloader_idx = idx if several else None
+            extra = (idx,) if several else ()
+            for batch_idx, batch in _batches(trainer, f"{stage}_dataloader_next", loader, limit):
+                batch = strategy.batch_to_device(precision.convert_input(batch))
+                with precision.autocast():
+                    out = step_fn(batch, batch_idx, *extra)
+                trainer._call_batch(f"on_{prefix}_batch_end", out, batch, batch_idx, *extra)
+        trainer.metrics.dataloader_idx = None
         getattr(module, f"on_{prefix}_epoch_end")()
     values = trainer.metrics.read_epoch()
-    trainer.log_metrics(values)
+    if log:
+        trainer.log_metrics(values)
     trainer._call(f"on_{prefix}_end")
     module.train(was_training)
     trainer.metrics.training = was_training
-    return values
+    return [_of_loader(values, idx) for idx in range(len(shards))] if several else [values]
 
 
-def predict(trainer: Trainer, module: TrainModule, dataloaders: Iterable | None, datamodule: DataModule | None) -> list[Any]:
-    loader = dataloaders if dataloaders is not None else datamodule.predict_dataloader()
-    loader = loaders.distribute(loader, trainer.strategy, trainer._data_seed, train=False)  # each rank its shard
-    limit = loaders.num_batches(loader, trainer.limit_predict_batches)
-    check_lockstep(trainer, "predict", min(loaders.length(loader), limit))
+def predict(trainer: Trainer, module: TrainModule, dataloaders: Iterable | None,
+            datamodule: DataModule | None) -> list[Any]:
+    """Each batch's `predict_step` output: a list, or one list per loader when there are several."""
+    if dataloaders is None:
+        if datamodule is None:
+            raise UserError("predict needs data: pass dataloaders= or a datamodule")
+        dataloaders = datamodule.predict_dataloader()
+    shards, limits = loaders.prepare_eval(trainer, dataloaders, trainer.limit_predict_batches)  # each rank its shard
+    for loader, limit in zip(shards, limits):
+        check_lockstep(trainer, "predict", min(loaders.length(loader), limit))
+    several = len(shards) > 1
+    if several:
+        _needs_dataloader_idx(module, "predict_step", "predict")
     strategy, precision = trainer.strategy, trainer.precision
+    step_fn = module.predict_step
+    if trainer.profiler is not None:
+        step_fn = trainer.profiler.wrap("predict_step", step_fn)
     trainer._call("on_predict_start")
-    outputs = []
-    with torch.inference_mode():
-        for batch_idx, batch in loaders.take(loader, limit):
-            batch = strategy.batch_to_device(precision.convert_input(batch))
-            with precision.autocast():
-                out = module.predict_step(batch, batch_idx)
-            outputs.append(out)
-            trainer._call_batch("on_predict_batch_end", out, batch, batch_idx)
+    outputs: list[list[Any]] = []
+    with grad_off(trainer):
+        for idx, (loader, limit) in enumerate(zip(shards, limits)):
+            extra = (idx,) if several else ()
+            outputs.append([])
+            for batch_idx, batch in _batches(trainer, "predict_dataloader_next", loader, limit):
+                batch = strategy.batch_to_device(precision.convert_input(batch))
+                with precision.autocast():
+                    out = step_fn(batch, batch_idx, *extra)
+                outputs[-1].append(out)
+                trainer._call_batch("on_predict_batch_end", out, batch, batch_idx, *extra)
     trainer._call("on_predict_end")
-    return outputs
+    return outputs if several else outputs[0]
+
+
+def sanity_check(trainer: Trainer, module: TrainModule, shards: list, limits: list) -> None:
+    """Lightning's check before training: `num_sanity_val_steps` batches of each val loader, so a
+    bug in validation shows in seconds rather than after the first epoch. Nothing it computes is
+    kept: no logging, callback_metrics as before, and the RNG streams as before (training draws
+    the same numbers with or without it). Callbacks see `trainer.sanity_checking` (the stage is
+    "sanity_check", so the ones that act on validation during fit leave it alone)."""
+    from trainkit.engine.rng import capture_rng, restore_rng
+
+    steps = [min(trainer.num_sanity_val_steps, n) for n in limits]
+    if not shards or not sum(steps):
+        return
+    rng, metrics = capture_rng(), dict(trainer.metrics.callback_metrics)
+    stage, trainer.state.stage = trainer.state.stage, "sanity_check"
+    try:
+        trainer._call("on_sanity_check_start")
+        evaluate(trainer, "validate", module, shards, steps, log=False)
+        trainer._call("on_sanity_check_end")
+    finally:
+        trainer.state.stage = stage
+        trainer.metrics.step_values.clear()
+        trainer.metrics.callback_metrics.clear()
+        trainer.metrics.callback_metrics.update(metrics)
+        restore_rng(rng)
+
+
+def grad_off(trainer: Trainer):
+    """torch.inference_mode (Trainer(inference_mode=True), the default) or torch.no_grad."""
+    return torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+
+
+def _batches(trainer: Trainer, action: str, loader: Iterable, limit: int | float) -> Iterable[tuple[int, Any]]:
+    batches = loaders.take(loader, limit)
+    return trainer.profiler.iterate(action, batches) if trainer.profiler is not None else batches
+
+
+def _needs_dataloader_idx(module: TrainModule, hook: str, stage: str) -> None:
+    params = inspect.signature(getattr(module, hook)).parameters
+    if "dataloader_idx" not in params and not any(p.kind is p.VAR_POSITIONAL for p in params.values()):
+        raise UserError(f"{stage} has several dataloaders, but {type(module).__name__}.{hook}() takes no "
+                        "dataloader_idx: add `dataloader_idx=0` to its arguments")
+
+
+def _of_loader(values: dict[str, float], idx: int) -> dict[str, float]:
+    """Loader idx's metrics: its own suffixed ones and those logged outside any loader."""
+    own = f"{_SUFFIX}{idx}"
+    return {k: v for k, v in values.items() if _SUFFIX not in k or k.endswith(own)}
 
 
 def check_lockstep(trainer: Trainer, stage: str, batches: int | float) -> None:

@@ -4,46 +4,98 @@ One optimizer step = `accumulate_grad_batches` micro-batches: each runs forward 
 precision's autocast, scales its loss by 1/k and runs backward (gradient sync skipped on all but
 the last); then `optimization.optimizer_step`. At each step boundary the loop logs (every
 `log_every_n_steps`), validates (at the val check points), runs the batch-end callbacks and reads
-the stop vote (a signal on any rank stops every rank at the same step).
+the stop vote (a signal on any rank stops every rank at the same step; so does `max_time`).
+
+A training loader without a length (an IterableDataset) runs until it is exhausted (the epoch's
+end, found by reading one batch ahead) or until max_steps; it validates every int
+`val_check_interval` batches. Resuming such a run mid-epoch replays the epoch from its start (the
+same RNG state, `set_epoch` on the dataset when it has one) and skips the batches already trained
+on: exact when the dataset yields the same sequence again, as a seeded stream does. A stream that
+cannot be replayed (a live queue) does not continue exactly.
+
+`should_stop` (early stopping, max_time) ends the fit only once `min_epochs` and `min_steps` are
+met, as in Lightning.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
-from typing import TYPE_CHECKING, Iterable
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
 from trainkit.engine import evaluation, loaders, optimization
 from trainkit.engine.module import TrainModule
 from trainkit.engine.rng import capture_rng, restore_rng
-from trainkit.errors import ConfigError, Interrupted, NonFiniteLossError
+from trainkit.errors import ConfigError, Interrupted, NonFiniteLossError, UserError
 from trainkit.signals import StopSignals, StopVote
 
 if TYPE_CHECKING:
     from trainkit.engine.trainer import Trainer
 
+log = logging.getLogger("trainkit")
+
 
 class FitLoop:
-    def __init__(self, trainer: Trainer, module: TrainModule, train_loader: Iterable, val_loader: Iterable | None,
+    def __init__(self, trainer: Trainer, module: TrainModule, source: Callable[[], tuple[Any, Any]],
                  signals: StopSignals) -> None:
-        self.trainer, self.module = trainer, module
-        self.train_loader, self.val_loader = train_loader, val_loader
+        """`source()` gives (train loader, val loaders): called now, and again every
+        `reload_dataloaders_every_n_epochs` epochs."""
+        self.trainer, self.module, self.source = trainer, module, source
         self.stop_vote = StopVote(signals, trainer.strategy.store)
+        self.time_vote = None  # max_time: the same agreement as a signal, so every rank stops at one step
+        self._loaded_epoch = trainer.state.epoch
+        self.setup_data()
+
+    def setup_data(self) -> None:
+        trainer = self.trainer
+        train_loader, val_loaders = self.source()
+        if train_loader is None:
+            raise UserError("fit needs training data: pass train_dataloaders= or a datamodule")
+        self.train_loader = loaders.distribute(train_loader, trainer, train=True)
+        trainer.train_dataloader = self.train_loader
+        trainer.num_training_batches = loaders.num_batches(self.train_loader, trainer.limit_train_batches)
+        self.val_loaders, trainer.num_val_batches = loaders.prepare_eval(trainer, val_loaders,
+                                                                         trainer.limit_val_batches)
+        if math.isinf(trainer.num_training_batches) and isinstance(trainer.val_check_interval, float) \
+                and trainer.val_check_interval != 1.0 and sum(trainer.num_val_batches):
+            raise ConfigError(f"trainer.val_check_interval={trainer.val_check_interval} is a fraction of an epoch, but "
+                              "the training loader has no length (an IterableDataset): use an int (validate "
+                              "every N training batches)")
 
     def run(self) -> None:
         trainer = self.trainer
+        if trainer._resume_position is None:  # as Lightning: a resumed run goes straight on
+            evaluation.sanity_check(trainer, self.module, self.val_loaders, trainer.num_val_batches)
+        if trainer.max_time is not None:
+            self.time_vote = StopVote(_Deadline(trainer), trainer.strategy.store, key="trainkit/max_time")
+        train_epoch = self._train_epoch
+        if trainer.profiler is not None:
+            train_epoch = trainer.profiler.wrap("run_training_epoch", train_epoch)
         while not self._done():
-            self._train_epoch()
+            self._reload_if_due()
+            train_epoch()
             optimization.epoch_end_scheduler_step(trainer)
             trainer.state.epoch += 1
             trainer.state.batch_idx = 0
 
+    def _reload_if_due(self) -> None:
+        every, epoch = self.trainer.reload_dataloaders_every_n_epochs, self.trainer.state.epoch
+        if every and epoch - self._loaded_epoch >= every:
+            self._loaded_epoch = epoch
+            self.setup_data()
+
+    def _can_stop_early(self) -> bool:
+        trainer, state = self.trainer, self.trainer.state
+        return state.epoch >= (trainer.min_epochs or 0) and state.global_step >= (trainer.min_steps or 0)
+
     def _done(self) -> bool:
         trainer, state = self.trainer, self.trainer.state
         return (
-            state.should_stop
+            (state.should_stop and self._can_stop_early())
             or (trainer.max_steps > -1 and state.global_step >= trainer.max_steps)
             or (trainer.max_epochs is not None and state.epoch >= trainer.max_epochs)
         )
@@ -61,7 +113,8 @@ class FitLoop:
         if resume:
             restore_rng(resume["epoch_rng"] if skip else resume["rng"])
         trainer._epoch_rng = capture_rng()
-        for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None),
+                        getattr(loader, "dataset", None)):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(state.epoch)
         module.on_train_epoch_start()
@@ -69,11 +122,16 @@ class FitLoop:
 
         n = trainer.num_training_batches
         accum = trainer.accumulate_grad_batches
-        val_points = self._val_check_points(n)
-        training_step = strategy.training_step
+        val_every = self._val_every()
+        training_step, backward, step = strategy.training_step, precision.backward, optimization.optimizer_step
+        batches = loaders.with_last(loader, n)
+        if trainer.profiler is not None:
+            profile = trainer.profiler
+            training_step, backward = profile.wrap("training_step", training_step), profile.wrap("backward", backward)
+            step, batches = profile.wrap("optimizer_step", step), profile.iterate("train_dataloader_next", batches)
         batch_end_hooks = trainer._batch_hooks["on_train_batch_end"]
         state.batch_idx = skip
-        for batch_idx, batch in loaders.take(loader, n):
+        for batch_idx, batch, is_last in batches:
             if batch_idx < skip:
                 continue
             if resume:
@@ -81,7 +139,7 @@ class FitLoop:
                 resume = None
             window_start = batch_idx - batch_idx % accum
             window = min(accum, n - window_start) if not math.isinf(n) else accum
-            step_now = batch_idx + 1 == window_start + window
+            step_now = batch_idx + 1 == window_start + window or is_last
             batch = strategy.batch_to_device(precision.convert_input(batch))
             with strategy.no_backward_sync(trainer.model, enabled=not step_now):
                 with precision.autocast():
@@ -89,15 +147,15 @@ class FitLoop:
                 loss = out if isinstance(out, torch.Tensor) else out["loss"]
                 if not torch.isfinite(loss):  # before backward: nothing of this step reaches the weights
                     self._non_finite(loss, batch_idx)
-                precision.backward(loss / window if window > 1 else loss)
+                backward(loss / window if window > 1 else loss)
             state.batch_idx = batch_idx + 1
             # A step's order: update, log, validate, then batch-end callbacks (checkpoints among
             # them), so a checkpoint taken at step N holds everything step N produced.
             if step_now:
-                optimization.optimizer_step(trainer)
+                step(trainer)
                 if state.global_step % trainer.log_every_n_steps == 0:
                     self._log_step()
-                if batch_idx + 1 in val_points:
+                if val_every and ((batch_idx + 1) % val_every == 0 or is_last):
                     self._validate()
             for cb in batch_end_hooks:
                 cb.on_train_batch_end(trainer, module, out, batch, batch_idx)
@@ -105,14 +163,17 @@ class FitLoop:
                 signum = self.stop_vote.poll(state.global_step)
                 if signum is not None:
                     self._stop_for_signal(signum)
+                if self.time_vote is not None and self.time_vote.poll(state.global_step) is not None \
+                        and not state.should_stop:
+                    log.info("max_time reached at step %d: stopping", state.global_step)
+                    state.should_stop = True
                 if trainer.max_steps > -1 and state.global_step >= trainer.max_steps:
                     # Stopped mid-epoch: validate the final weights, so the run ends with the
                     # metrics of the model it saves.
-                    if trainer._last_val_step != state.global_step and self.val_loader is not None \
-                            and trainer.num_val_batches:
+                    if trainer._last_val_step != state.global_step and sum(trainer.num_val_batches):
                         self._validate()
                     break
-            if state.should_stop and step_now:
+            if state.should_stop and step_now and self._can_stop_early():
                 break
         if resume:  # every batch of the epoch had been consumed before the checkpoint
             restore_rng(resume["rng"])
@@ -129,28 +190,25 @@ class FitLoop:
             values["precision/loss_scale"] = trainer.precision.scaler.get_scale()
         trainer.log_metrics(values)
 
-    def _val_check_points(self, n: int | float) -> set[int]:
-        """Batch counts of this epoch after which validation runs."""
+    def _val_every(self) -> int | float:
+        """Validate after every this many batches of this epoch, and after its last one (0: not
+        in this epoch; infinity: only after its last one). Arithmetic, not a set of batch counts:
+        a loader without a length has no last count to list them up to."""
         trainer = self.trainer
-        if self.val_loader is None or not trainer.num_val_batches:
-            return set()
-        if (trainer.state.epoch + 1) % trainer.check_val_every_n_epoch != 0:
-            return set()
-        interval = trainer.val_check_interval
-        if math.isinf(n):
-            if isinstance(interval, float):
-                raise ConfigError("trainer.val_check_interval must be an int (batches) when the loader has no length")
-            return set(range(interval, 10**12, interval))  # membership test only; never materialised
+        if not sum(trainer.num_val_batches) or (trainer.state.epoch + 1) % trainer.check_val_every_n_epoch != 0:
+            return 0
+        n, interval = trainer.num_training_batches, trainer.val_check_interval
         if isinstance(interval, float):
-            every = max(1, int(n * interval))
-        else:
-            every = max(1, min(interval, n))
-        return set(range(every, n + 1, every)) | {n}
+            return math.inf if math.isinf(n) else max(1, int(n * interval))  # (setup_data refused other fractions)
+        return max(1, interval if math.isinf(n) else min(interval, n))
 
     def _validate(self) -> None:
         trainer = self.trainer
         trainer._last_val_step = trainer.state.global_step
-        evaluation.evaluate(trainer, "validate", self.module, self.val_loader, trainer.num_val_batches)
+        evaluate = evaluation.evaluate
+        if trainer.profiler is not None:
+            evaluate = trainer.profiler.wrap("run_validation", evaluate)
+        evaluate(trainer, "validate", self.module, self.val_loaders, trainer.num_val_batches)
 
     def _non_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         trainer = self.trainer
@@ -172,3 +230,17 @@ class FitLoop:
             signum,
             f"stopped by {signal.Signals(signum).name} at step {trainer.state.global_step}; checkpoint saved: {path}",
         )
+
+
+class _Deadline:
+    """max_time as a StopVote source: `received` is set once the fit has run that long (time of
+    earlier runs of a resumed fit included: the trainer state carries it)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.state, self.limit = trainer.state, trainer.max_time
+        self.began = time.monotonic() - trainer.state.fit_seconds
+
+    @property
+    def received(self) -> int | None:
+        self.state.fit_seconds = time.monotonic() - self.began
+        return 1 if self.state.fit_seconds >= self.limit else None

@@ -1,14 +1,23 @@
-"""How many batches a loop takes from a loader, and which share of the data each rank reads."""
+"""How many batches a loop takes from a loader, and which share of the data each rank reads.
+
+Evaluation may have several loaders (a list, or a dict in its order, as Lightning takes them):
+`as_list` gives them in the order their `dataloader_idx` numbers them. A loader without a length
+(an IterableDataset) counts as infinitely long: `with_last` reads it one batch ahead to know
+where its epoch ends.
+"""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 
 from trainkit.engine.samplers import distribute_loader
 from trainkit.errors import ConfigError
 from trainkit.strategies.base import Strategy
+
+if TYPE_CHECKING:
+    from trainkit.engine.trainer import Trainer
 
 
 def length(loader: Iterable) -> int | float:
@@ -49,9 +58,46 @@ def take(loader: Iterable, limit: int | float) -> Iterable[tuple[int, Any]]:
             return
 
 
-def distribute(loader: Iterable | None, strategy: Strategy, data_seed: int, train: bool) -> Iterable | None:
-    """The loader with this rank's share of the data (samplers.py says how it is cut)."""
-    return distribute_loader(loader, strategy.global_rank, strategy.world_size, data_seed, train)
+def with_last(loader: Iterable, limit: int | float) -> Iterator[tuple[int, Any, bool]]:
+    """`take`, each batch flagged True when it is the last of the epoch."""
+    batches = take(loader, limit)
+    if not math.isinf(limit):
+        for batch_idx, batch in batches:
+            yield batch_idx, batch, batch_idx + 1 >= limit
+        return
+    pending = next(batches, None)
+    while pending is not None:
+        following = next(batches, None)
+        yield pending[0], pending[1], following is None
+        pending = following
+
+
+def as_list(loaders: Any) -> list:
+    """One loader, a list or tuple of them, or a dict (in its order), as a list; None is none."""
+    if loaders is None:
+        return []
+    if isinstance(loaders, dict):
+        return list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        return list(loaders)
+    return [loaders]
+
+
+def distribute(loader: Iterable | None, trainer: Trainer, train: bool) -> Iterable | None:
+    """The loader with this rank's share of the data (samplers.py says how it is cut); the user's
+    own loader untouched with use_distributed_sampler=False. Under overfit_batches the batches
+    keep their order (the same ones every epoch)."""
+    if not trainer.use_distributed_sampler:
+        return loader
+    strategy = trainer.strategy
+    return distribute_loader(loader, strategy.global_rank, strategy.world_size, trainer._data_seed, train,
+                             keep_order=bool(trainer.overfit_batches))
+
+
+def prepare_eval(trainer: Trainer, loaders: Any, limit: int | float) -> tuple[list, list]:
+    """Evaluation loaders, each sharded for this rank, and the batches each loop takes of them."""
+    shards = [distribute(loader, trainer, train=False) for loader in as_list(loaders)]
+    return shards, [num_batches(loader, limit) for loader in shards]
 
 
 def shared_data_seed(seed: int | None, strategy: Strategy) -> int:

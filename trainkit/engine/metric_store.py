@@ -19,6 +19,9 @@ class MetricStore:
         # same numbers (the mean over ranks for step values, the global weighted mean for epochs).
         self.reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.world_size = 1
+        # Set by the evaluation loop while it runs loader i of several: names get Lightning's
+        # "/dataloader_idx_i" suffix, so each loader's metrics stay apart.
+        self.dataloader_idx: int | None = None
         self.step_values: dict[str, torch.Tensor | float] = {}
         # Training and evaluation keep separate epoch sums: a validation inside a training
         # epoch must not flush (or mix into) the training epoch's means.
@@ -37,7 +40,10 @@ class MetricStore:
         on_step: bool | None = None,
         on_epoch: bool | None = None,
         batch_size: int | None = None,
+        add_dataloader_idx: bool = True,
     ) -> None:
+        if self.dataloader_idx is not None and add_dataloader_idx:
+            name = f"{name}/dataloader_idx_{self.dataloader_idx}"
         if isinstance(value, torch.Tensor):
             value = value.detach()
             if value.numel() != 1:

@@ -76,11 +76,14 @@ class TrainModule(nn.Module):
         on_step: bool | None = None,
         on_epoch: bool | None = None,
         batch_size: int | None = None,
+        add_dataloader_idx: bool = True,
     ) -> None:
         """Record a scalar. Defaults as in Lightning: in training, per step; in evaluation, the
-        epoch mean weighted by `batch_size` (1 when not given)."""
+        epoch mean weighted by `batch_size` (1 when not given). With several evaluation loaders
+        the name gets "/dataloader_idx_<i>" unless `add_dataloader_idx=False`."""
         self.trainer.metrics.log(
-            name, value, prog_bar=prog_bar, on_step=on_step, on_epoch=on_epoch, batch_size=batch_size
+            name, value, prog_bar=prog_bar, on_step=on_step, on_epoch=on_epoch, batch_size=batch_size,
+            add_dataloader_idx=add_dataloader_idx,
         )
 
     def sum_over_processes(self, tensor: torch.Tensor, async_op: bool = False) -> Any:

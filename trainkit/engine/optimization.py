@@ -65,7 +65,8 @@ def _build_scheduler(trainer: Trainer, optimizer: torch.optim.Optimizer) -> Any:
 
 def estimate_stepping_batches(trainer: Trainer) -> int | float:
     """Optimizer steps the whole fit will take (infinity when nothing bounds it)."""
-    per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    batches = trainer.num_training_batches
+    per_epoch = math.inf if math.isinf(batches) else math.ceil(batches / trainer.accumulate_grad_batches)
     by_epochs = per_epoch * trainer.max_epochs if trainer.max_epochs is not None else math.inf
     return min(by_epochs, trainer.max_steps) if trainer.max_steps > -1 else by_epochs
 

@@ -7,16 +7,19 @@ datamodule.batch_size=16` trains on exactly the batches of `devices=1 datamodule
 Evaluation: each rank takes a contiguous shard, no sample duplicated or dropped, so metrics over
 the gathered predictions equal the single-process ones.
 
-`distribute_loaders` puts these samplers into a plain `DataLoader` (map-style dataset with
+`distribute_loader` puts these samplers into a plain `DataLoader` (map-style dataset with
 shuffle=True/False); a loader with a sampler of the user's own is left alone in one process and
-refused in several (it cannot be split without knowing what it does).
+refused in several (it cannot be split without knowing what it does). A loader over an
+IterableDataset is left alone too: such a dataset decides what each rank reads (as in Lightning,
+it should split itself by `torch.distributed.get_rank()` and the DataLoader worker).
 """
 from __future__ import annotations
 
 from typing import Iterator
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler,
+                              SequentialSampler)
 
 from trainkit.errors import UserError
 
@@ -75,15 +78,19 @@ class ShardSampler(Sampler[int]):
         return iter(range(self.start, self.stop))
 
 
-def distribute_loader(loader, rank: int, world_size: int, seed: int, train: bool):
-    """The loader with world-size-invariant batches (training) or a shard (evaluation)."""
-    if loader is None or (world_size == 1 and not train):
+def distribute_loader(loader, rank: int, world_size: int, seed: int, train: bool, keep_order: bool = False):
+    """The loader with world-size-invariant batches (training) or a shard (evaluation);
+    `keep_order` turns shuffling off (overfit_batches: the same batches every epoch)."""
+    if loader is None or isinstance(getattr(loader, "dataset", None), IterableDataset):
         return loader
     plain = (
         type(loader) is DataLoader
         and type(loader.batch_sampler) is BatchSampler
         and type(loader.sampler) in (RandomSampler, SequentialSampler)
     )
+    shuffled = plain and isinstance(loader.sampler, RandomSampler)
+    if world_size == 1 and not train and not (keep_order and shuffled):
+        return loader
     if not plain:
         if world_size == 1 or isinstance(getattr(loader, "sampler", None), DistributedSampler):
             return loader  # the user's own order (a DistributedSampler: their own split)
@@ -93,8 +100,8 @@ def distribute_loader(loader, rank: int, world_size: int, seed: int, train: bool
         )
     size = len(loader.dataset)
     if train:
-        batches = GlobalBatchSampler(size, loader.batch_size, rank, world_size,
-                                     isinstance(loader.sampler, RandomSampler), seed, loader.drop_last)
+        batches = GlobalBatchSampler(size, loader.batch_size, rank, world_size, shuffled and not keep_order, seed,
+                                     loader.drop_last)
     else:
         batches = BatchSampler(ShardSampler(size, rank, world_size), loader.batch_size, drop_last=False)
     return DataLoader(

@@ -9,5 +9,6 @@ class TrainState:
     global_step: int = 0  # optimizer steps taken (skipped fp16 steps included)
     epoch: int = 0  # current epoch, 0-based
     batch_idx: int = 0  # batches of the current epoch consumed so far
-    stage: str = "fit"  # "fit", "validate", "test" or "predict"
+    stage: str = "fit"  # "fit", "validate", "test", "predict", or "sanity_check" (fit's check before training)
     should_stop: bool = False  # set by callbacks (early stopping) to end fit after this epoch
+    fit_seconds: float = 0.0  # time fit has run (over resumes), kept up to date when max_time is set

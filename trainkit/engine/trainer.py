@@ -10,6 +10,7 @@ They call the strategy and the precision through their methods and never ask whi
 """
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from trainkit.engine import evaluation, loaders, optimization, trainer_state
+from trainkit.engine import arguments, evaluation, loaders, optimization, trainer_state
 from trainkit.engine.callback import Callback, overrides
 from trainkit.engine.data import DataModule
 from trainkit.engine.fit_loop import FitLoop
@@ -27,8 +28,11 @@ from trainkit.engine.seed import seed_everything, set_deterministic
 from trainkit.engine.state import TrainState
 from trainkit.errors import ConfigError, UserError
 from trainkit.precision import Precision
+from trainkit.profiler import make_profiler
 from trainkit.signals import StopSignals
 from trainkit.strategies import Strategy, make_strategy
+
+log = logging.getLogger("trainkit")
 
 
 class Trainer:
@@ -37,7 +41,7 @@ class Trainer:
         *,
         accelerator: str = "auto",
         strategy: str | Strategy = "auto",
-        devices: int = 1,
+        devices: int | str = 1,
         num_nodes: int = 1,
         precision: str | Precision = "32",
         max_epochs: int | None = None,
@@ -61,7 +65,20 @@ class Trainer:
         init_from: str | None = None,
         detect_anomaly: bool = False,
         hparams: dict[str, Any] | None = None,
-        callbacks: list[Callback] | None = None,
+        fast_dev_run: bool | int = False,
+        overfit_batches: int | float = 0.0,
+        num_sanity_val_steps: int = 2,
+        min_epochs: int | None = None,
+        min_steps: int | None = None,
+        max_time: str | dict | Any = None,
+        benchmark: bool | None = None,
+        enable_model_summary: bool = True,
+        profiler: str | Any = None,
+        reload_dataloaders_every_n_epochs: int = 0,
+        sync_batchnorm: bool = False,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        callbacks: list[Callback] | Callback | None = None,
         logger: bool | Any | list[Any] = True,
         enable_checkpointing: bool = True,
         enable_progress_bar: bool = True,
@@ -69,8 +86,10 @@ class Trainer:
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        if max_epochs is None and max_steps == -1:
+        self.max_time = arguments.max_time_seconds(max_time)
+        if max_epochs is None and max_steps == -1 and self.max_time is None:
             max_epochs = 1000  # as Lightning: a bound, so a forgotten limit does not run forever
+        devices = arguments.devices_count(devices, num_nodes)
         if accumulate_grad_batches < 1:
             raise ConfigError(f"trainer.accumulate_grad_batches={accumulate_grad_batches} must be >= 1")
         if gradient_clip_algorithm not in ("norm", "value"):
@@ -99,6 +118,19 @@ class Trainer:
         self.resume_strict = resume_strict
         self.init_from = init_from  # fine-tuning: a checkpoint's model weights, nothing else
         self.detect_anomaly = detect_anomaly
+        self._lightning_arguments(fast_dev_run, overfit_batches, num_sanity_val_steps, min_epochs, min_steps,
+                                  reload_dataloaders_every_n_epochs)
+        self.inference_mode = arguments.flag("inference_mode", inference_mode)
+        self.use_distributed_sampler = arguments.flag("use_distributed_sampler", use_distributed_sampler)
+        self.enable_model_summary = arguments.flag("enable_model_summary", enable_model_summary)  # read by callbacks
+        self.sync_batchnorm = arguments.flag("sync_batchnorm", sync_batchnorm)
+        if self.sync_batchnorm and self.world_size > 1 and self.strategy.root_device.type != "cuda":
+            raise ConfigError("sync_batchnorm=True needs CUDA devices (torch's SyncBatchNorm synchronises on GPUs "
+                              "only); set it to False on CPU")
+        self.benchmark = benchmark
+        if benchmark is not None:  # as Lightning: None keeps the session's setting
+            torch.backends.cudnn.benchmark = arguments.flag("benchmark", benchmark)
+        self.profiler = make_profiler(profiler)
         # The settings that define this run (the CLI passes those of its config that exactness
         # depends on); saved in every checkpoint and compared when resuming.
         self.hparams = dict(hparams or {})
@@ -111,17 +143,19 @@ class Trainer:
         self.state = TrainState()
         self.metrics = MetricStore()
         self.callbacks = _with_default_callbacks(
-            list(callbacks or []), enable_progress_bar, enable_checkpointing, self.default_root_dir,
+            arguments.as_list(callbacks), enable_progress_bar, enable_checkpointing, self.default_root_dir,
             checkpoint_every_n_steps,
         )
-        self.loggers = _make_loggers(logger, self.default_root_dir) if self.is_global_zero else []
+        # fast_dev_run logs nothing (and ModelCheckpoint saves nothing), as in Lightning
+        self.loggers = _make_loggers(logger, self.default_root_dir) if self.is_global_zero and not self.fast_dev_run else []
+        self.datamodule: DataModule | None = None
 
         self.optimizer: torch.optim.Optimizer | None = None
         self.lr_scheduler: Any = None
         self.scheduler_interval = "step"
         self.scheduler_frequency = 1
         self.num_training_batches: int | float = 0
-        self.num_val_batches: int | float = 0
+        self.num_val_batches: list[int | float] = []  # per val loader, as in Lightning
         self.estimated_stepping_batches: int | float = 0
         self.model: torch.nn.Module | None = None  # the module as the strategy placed it
         self.train_dataloader: Iterable | None = None
@@ -161,6 +195,11 @@ class Trainer:
         self.state.should_stop = value
 
     @property
+    def sanity_checking(self) -> bool:
+        """True while fit runs its sanity check (`num_sanity_val_steps` val batches before training)."""
+        return self.state.stage == "sanity_check"
+
+    @property
     def log_dir(self) -> str:
         return self.default_root_dir
 
@@ -184,25 +223,17 @@ class Trainer:
         datamodule: DataModule | None = None,
     ) -> None:
         def run() -> None:
-            if datamodule is not None:
-                train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
-            else:
-                train_loader, val_loader = train_dataloaders, val_dataloaders
-            if train_loader is None:
-                raise UserError("fit needs training data: pass train_dataloaders= or a datamodule")
+            def source() -> tuple[Any, Any]:
+                if datamodule is not None:
+                    return datamodule.train_dataloader(), datamodule.val_dataloader()
+                return train_dataloaders, val_dataloaders
+
             self._data_seed = loaders.shared_data_seed(self.seed, self.strategy)
-            train_loader = loaders.distribute(train_loader, self.strategy, self._data_seed, train=True)
-            val_loader = loaders.distribute(val_loader, self.strategy, self._data_seed, train=False)
-            self.train_dataloader = train_loader
-            self.num_training_batches = loaders.num_batches(train_loader, self.limit_train_batches)
-            self.num_val_batches = (
-                loaders.num_batches(val_loader, self.limit_val_batches) if val_loader is not None else 0
-            )
+            loop = FitLoop(self, module, source, self._signals)  # asks `source` for the loaders
             self.estimated_stepping_batches = optimization.estimate_stepping_batches(self)
             optimization.configure_optimizers(self, module)
             trainer_state.restore(self)
             self._call("on_fit_start")
-            loop = FitLoop(self, module, train_loader, val_loader, self._signals)
             with self._signals, torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 loop.run()
             self._call("on_fit_end")
@@ -212,14 +243,16 @@ class Trainer:
     def validate(
         self, module: TrainModule, dataloaders: Iterable | None = None, datamodule: DataModule | None = None
     ) -> list[dict[str, float]]:
+        """One dict of metrics per val loader."""
         return self._run(module, datamodule, "validate",
-                         lambda: [evaluation.run_stage(self, "validate", module, dataloaders, datamodule)])
+                         lambda: evaluation.run_stage(self, "validate", module, dataloaders, datamodule))
 
     def test(
         self, module: TrainModule, dataloaders: Iterable | None = None, datamodule: DataModule | None = None
     ) -> list[dict[str, float]]:
+        """One dict of metrics per test loader."""
         return self._run(module, datamodule, "test",
-                         lambda: [evaluation.run_stage(self, "test", module, dataloaders, datamodule)])
+                         lambda: evaluation.run_stage(self, "test", module, dataloaders, datamodule))
 
     def predict(
         self, module: TrainModule, dataloaders: Iterable | None = None, datamodule: DataModule | None = None
@@ -258,8 +291,11 @@ class Trainer:
             seed_everything(self.seed)
         set_deterministic(self.deterministic)
         if datamodule is not None:
+            self.datamodule, datamodule.trainer = datamodule, self
             datamodule.prepare_data()
             datamodule.setup(stage)
+        if self.sync_batchnorm and self.world_size > 1:
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place: the module keeps its identity
         self.model = self.strategy.setup_module(self.precision.convert_module(module))
         if stage != "fit":
             trainer_state.load_weights_for_evaluation(self)
@@ -279,6 +315,8 @@ class Trainer:
         }
         self._module = module
         status = "failed"
+        if self.profiler is not None:
+            self.profiler.start(stage, self.default_root_dir, self.strategy.global_rank)
         try:
             for cb in self.callbacks:
                 cb.setup(self, module, stage)
@@ -294,15 +332,46 @@ class Trainer:
                 cb.teardown(self, module, stage)
             for lg in self.loggers:
                 lg.finalize(status)
+            if self.profiler is not None:
+                report = self.profiler.stop()
+                if self.is_global_zero:
+                    print(report, flush=True)
             self.strategy.teardown()
 
     def _call(self, hook: str) -> None:
         for cb in self.callbacks:
-            getattr(cb, hook)(self, self._module)
+            fn = getattr(cb, hook)
+            if self.profiler is not None:
+                fn = self.profiler.wrap(f"[Callback]{type(cb).__name__}.{hook}", fn)
+            fn(self, self._module)
 
-    def _call_batch(self, hook: str, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def _call_batch(self, hook: str, outputs: Any, batch: Any, batch_idx: int, *dataloader_idx: int) -> None:
+        """`dataloader_idx` is passed only when an evaluation has several loaders (as Lightning)."""
         for cb in self._batch_hooks[hook]:
-            getattr(cb, hook)(self, self._module, outputs, batch, batch_idx)
+            getattr(cb, hook)(self, self._module, outputs, batch, batch_idx, *dataloader_idx)
+
+    def _lightning_arguments(self, fast_dev_run: Any, overfit_batches: Any, num_sanity_val_steps: Any,
+                             min_epochs: Any, min_steps: Any, reload_every: Any) -> None:
+        """The debugging and stopping arguments, with Lightning's meaning. fast_dev_run=n runs n
+        batches of every loop once (one epoch, at most n steps, no sanity check, no loggers, no
+        checkpoints); overfit_batches=k trains and validates on the first k batches (a count or
+        a fraction), unshuffled, every epoch."""
+        n = arguments.fast_dev_run_batches(fast_dev_run)
+        self.fast_dev_run: bool | int = True if n == 1 else n
+        self.overfit_batches = arguments.batches_or_fraction("overfit_batches", overfit_batches)
+        self.num_sanity_val_steps = arguments.sanity_steps(num_sanity_val_steps)
+        self.min_epochs = arguments.count("min_epochs", min_epochs, optional=True)
+        self.min_steps = arguments.count("min_steps", min_steps, optional=True)
+        self.reload_dataloaders_every_n_epochs = arguments.count("reload_dataloaders_every_n_epochs", reload_every)
+        if self.overfit_batches:
+            self.limit_train_batches = self.limit_val_batches = self.overfit_batches
+        if n:
+            if not self.overfit_batches:
+                self.limit_train_batches = self.limit_val_batches = n
+            self.limit_test_batches = self.limit_predict_batches = n
+            self.max_steps, self.max_epochs, self.num_sanity_val_steps = n, 1, 0
+            self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
+            log.info("fast_dev_run: %d batch(es) of each loop; logging and checkpointing are off", n)
 
 
 def _with_default_callbacks(

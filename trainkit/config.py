@@ -55,6 +55,15 @@ class TrainerConfig:
     resume_strict: bool = True  # refuse a resume whose settings would not continue the run exactly
     init_from: Optional[str] = None  # fine-tune: start from this checkpoint's model weights only
     detect_anomaly: bool = False  # torch.autograd anomaly mode: finds the op that made a NaN (slow)
+    # Lightning's debugging and stopping arguments, with its defaults and meaning (Trainer docstring)
+    fast_dev_run: Any = False  # true or n: n batches of train/val/test once, no logs, no checkpoints
+    overfit_batches: Any = 0.0  # k batches (int) or a fraction: the same unshuffled batches for train and val
+    num_sanity_val_steps: int = 2  # val batches run before training to catch a broken validation_step; -1: all
+    min_epochs: Optional[int] = None  # early stopping / max_time cannot end the fit before these
+    min_steps: Optional[int] = None
+    max_time: Any = None  # "DD:HH:MM:SS" or {hours: 12}: stop (as early stopping would) after this long
+    profiler: Optional[str] = None  # simple | advanced | pytorch: a report at the end of each command
+    benchmark: Optional[bool] = None  # torch.backends.cudnn.benchmark (null: leave it as it is)
 
 
 @dataclass
@@ -188,6 +197,7 @@ def check_values(cfg: DictConfig) -> None:
         )
     if t.checkpoint_every_n_steps is not None and t.checkpoint_every_n_steps < 1:
         raise ConfigError(f"trainer.checkpoint_every_n_steps={t.checkpoint_every_n_steps} must be >= 1 (or null)")
+    _check_lightning_arguments(t)
     if t.gradient_clip_algorithm not in ("norm", "value"):
         raise ConfigError(f"trainer.gradient_clip_algorithm={t.gradient_clip_algorithm!r} must be 'norm' or 'value'")
     if cfg.sweep.mode not in ("max", "min"):
@@ -198,6 +208,24 @@ def check_values(cfg: DictConfig) -> None:
     if cfg.command == "tune" and t.devices * t.num_nodes > 1:
         raise ConfigError(f"trainkit tune runs in one process, not trainer.devices={t.devices} x trainer.num_nodes="
                           f"{t.num_nodes}: the batch size it finds is per device; tune with one, then run with more")
+
+
+def _check_lightning_arguments(t: DictConfig) -> None:
+    from trainkit.engine import arguments  # torch-free
+    from trainkit.profiler import PROFILERS
+
+    try:
+        arguments.fast_dev_run_batches(t.fast_dev_run)
+        arguments.batches_or_fraction("overfit_batches", t.overfit_batches)
+        arguments.sanity_steps(t.num_sanity_val_steps)
+        arguments.count("min_epochs", t.min_epochs, optional=True)
+        arguments.count("min_steps", t.min_steps, optional=True)
+        arguments.max_time_seconds(OmegaConf.to_container(t.max_time) if isinstance(t.max_time, DictConfig)
+                                   else t.max_time)
+    except ConfigError as exc:
+        raise ConfigError(f"trainer.{exc}") from None
+    if t.profiler is not None and t.profiler not in PROFILERS:
+        raise ConfigError(f"trainer.profiler={t.profiler!r} is not one of: {', '.join(PROFILERS)} (or null)")
 
 
 def _check_tuner(tu: DictConfig) -> None:

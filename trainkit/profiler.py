@@ -21,6 +21,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 from trainkit.errors import ConfigError
 
 
+PROFILERS = ("simple", "advanced", "pytorch")
+
+
 class Profiler(Protocol):
     def start(self, stage: str, root_dir: str, rank: int) -> None: ...
     def wrap(self, action: str, fn: Callable) -> Callable: ...
@@ -32,10 +35,9 @@ def make_profiler(value: Any) -> Profiler | None:
     if value is None or value is False:
         return None
     if isinstance(value, str):
-        kinds = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
-        if value.lower() not in kinds:
-            raise ConfigError(f"profiler={value!r} is not one of: {', '.join(kinds)} (or null)")
-        return kinds[value.lower()]()
+        if value.lower() not in PROFILERS:
+            raise ConfigError(f"profiler={value!r} is not one of: {', '.join(PROFILERS)} (or null)")
+        return {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}[value.lower()]()
     if all(callable(getattr(value, name, None)) for name in ("start", "wrap", "iterate", "stop")):
         return value
     raise ConfigError(f"profiler={value!r}: pass 'simple', 'advanced', 'pytorch', or an object with "

@@ -337,3 +337,20 @@ def test_sync_batchnorm_leaves_one_process_alone():
 def test_invalid_values_are_refused_naming_the_argument(kwargs):
     with pytest.raises(ConfigError, match=next(iter(kwargs))):
         trainer(**kwargs)
+
+
+# -- the CLI's trainer fields ----------------------------------------------------------------------
+def test_the_cli_takes_the_lightning_arguments_and_checks_them(tmp_path):
+    from tests.unit.test_configs import compose_fit
+    from trainkit.config import check_values
+
+    cfg = compose_fit(["trainer.fast_dev_run=2", "trainer.max_time=00:01:30:00", "trainer.profiler=simple",
+                       "trainer.min_epochs=2", "trainer.num_sanity_val_steps=0", "precision.mode=32-true"], tmp_path)
+    check_values(cfg)
+    assert cfg.precision.mode == "32"  # one spelling from here on
+    t = cfg.trainer
+    assert (t.fast_dev_run, t.max_time, t.profiler, t.min_epochs, t.num_sanity_val_steps) == (2, "00:01:30:00", "simple", 2, 0)
+    for bad in ("trainer.max_time=1h", "trainer.profiler=fancy", "trainer.fast_dev_run=-2", "trainer.overfit_batches=2.5"):
+        key = bad.split("=")[0]
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            check_values(compose_fit([bad], tmp_path))

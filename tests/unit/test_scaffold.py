@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import py_compile
+import subprocess
+import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -64,3 +66,12 @@ def test_init_bad_arguments_exit_2_naming_the_fix(tmp_path, capsys, args, messag
     assert main(["init", str(tmp_path / "p"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_init_does_not_import_torch(tmp_path):
+    code = ("import sys\nfrom trainkit.cli import main\n"
+            f"assert main(['init', {str(tmp_path / 'p')!r}, '--recipe', 'engagement']) == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "p" / "p" / "model.py").is_file()

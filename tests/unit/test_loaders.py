@@ -230,3 +230,21 @@ def test_val_check_points_are_arithmetic_not_a_set():
     trainer = quiet(max_steps=2, val_check_interval=1)
     trainer.fit(Tiny(), DataLoader(Stream(), batch_size=4), DataLoader(dataset(4), batch_size=4))
     assert time.perf_counter() - start < 10
+
+
+def test_batch_end_callbacks_get_dataloader_idx_and_add_dataloader_idx_false_shares_a_name():
+    class Seen(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0):
+            self.seen.append((dataloader_idx, batch_idx))
+
+    class Shared(Tiny):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("val/seen", float(dataloader_idx), add_dataloader_idx=False)
+
+    seen = Seen()
+    results = quiet(callbacks=seen).validate(Shared(), [DataLoader(dataset(4), batch_size=2)] * 2)
+    assert seen.seen == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert results == [{"val/seen": 0.5}, {"val/seen": 0.5}]  # one metric over both loaders, in both dicts

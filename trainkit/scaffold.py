@@ -119,9 +119,9 @@ def init_command(args: list[str]) -> int:
         raise UserError(f"trainkit init needs the project's folder\n{USAGE}")
     root = Path(folder).expanduser().resolve()
     written = init(root, recipe, package)
-    shown = folder if not Path(folder).is_absolute() else str(root)
+    cd = "" if root == Path.cwd().resolve() else f"cd {folder} && "
     print(f"wrote {len(written)} files in {root}: a project from the {recipe} recipe, its code in {written[0].parent.name}/")
-    print(f"next:  cd {shown} && trainkit fit        (README.md has the other commands; pytest runs its smoke test)")
+    print(f"next:  {cd}trainkit fit        (README.md has the other commands; pytest runs its smoke test)")
     return 0
 
 

@@ -89,12 +89,12 @@ def measure(name: str, case, repeats: int) -> None:
     with tempfile.TemporaryDirectory(dir=ROOT) as root:
         for i in range(repeats):
             start = time.perf_counter()
-            path = checkpoint.save(root, f"epoch=0-step={i}", model=model, optimizer=optimizer,
+            path = checkpoint.save(root, f"epoch=0-step={i}", model=model, optimizers=[optimizer],
                                    trainer_state=trainer_state, rank_state={"rng": capture_rng()})
             saves.append(time.perf_counter() - start)
             start = time.perf_counter()
             assert checkpoint.verify(path) is None
-            checkpoint.load(path, model, optimizer)
+            checkpoint.load(path, model, [optimizer])
             loads.append(time.perf_counter() - start)
             size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
             checkpoint.remove(path)

@@ -2,9 +2,11 @@
 
     checkpoints/
       epoch=3-step=604-val_auc=0.7583/
-        state/          model + optimizer through torch.distributed.checkpoint (DCP): the same
-                        files serve one process, DDP and FSDP (each rank writes its own shards)
-        trainer.pt      counters, data position, scheduler, GradScaler, callbacks, run settings
+        state/          model + optimizers through torch.distributed.checkpoint (DCP): the same
+                        files serve one process, DDP and FSDP (each rank writes its own shards);
+                        the first optimizer under `optim`, the others under `optim1`, `optim2`, ...
+        trainer.pt      counters, data position, schedulers, GradScaler, callbacks, run settings,
+                        and how many optimizers `state/` holds
         rank0.pt        this rank's RNG states (one file per rank)
         MANIFEST.json   size and sha256 of every file above, written last
       last -> epoch=3-step=604-val_auc=0.7583      (relative symlink, swapped atomically)
@@ -30,7 +32,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from trainkit.errors import UserError
 
@@ -45,7 +52,7 @@ def save(
     name: str,
     *,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    optimizers: list[torch.optim.Optimizer],
     trainer_state: dict[str, Any],
     rank_state: dict[str, Any],
     rank: int = 0,
@@ -61,11 +68,11 @@ def save(
         os.makedirs(tmp)
     barrier()
     with _quiet_single_process():
-        dcp.save(_model_optim_state(model, optimizer), checkpoint_id=os.path.join(tmp, "state"),
+        dcp.save(_model_optim_state(model, optimizers), checkpoint_id=os.path.join(tmp, "state"),
                  no_dist=not _distributed())
     _save_file(rank_state, os.path.join(tmp, f"rank{rank}.pt"))
     if is_global_zero:
-        _save_file(trainer_state, os.path.join(tmp, "trainer.pt"))
+        _save_file({**trainer_state, "optimizers": len(optimizers)}, os.path.join(tmp, "trainer.pt"))
     barrier()
     if is_global_zero:
         _write_manifest(tmp)
@@ -95,11 +102,18 @@ def remove(path: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _model_optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    if optimizer is None:
+def _model_optim_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> dict[str, Any]:
+    if not optimizers:
         return {"model": model.state_dict()}
-    model_state, optim_state = get_state_dict(model, optimizer)
-    return {"model": model_state, "optim": optim_state}
+    # One optimizer keeps the key it always had, so checkpoints of single-optimizer runs stay the same.
+    state = {"model": get_model_state_dict(model)}
+    for i, optimizer in enumerate(optimizers):
+        state[_optim_key(i)] = get_optimizer_state_dict(model, optimizer)
+    return state
+
+
+def _optim_key(i: int) -> str:
+    return "optim" if i == 0 else f"optim{i}"
 
 
 def _save_file(obj: Any, path: str) -> None:
@@ -222,16 +236,23 @@ def find_resumable(directory: str) -> tuple[str | None, list[str]]:
 
 # -- reading --------------------------------------------------------------------------------------
 def load(
-    path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, rank: int = 0
+    path: str, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], rank: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Load model and optimizer in place; return (trainer state, this rank's state or None)."""
-    state = _model_optim_state(model, optimizer)
+    """Load model and optimizers in place; return (trainer state, this rank's state or None)."""
+    trainer_state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=True)
+    saved = trainer_state.get("optimizers", 1)  # written since several optimizers exist; before, always 1
+    if saved != len(optimizers):
+        raise UserError(f"checkpoint {path} holds the state of {saved} optimizers, but configure_optimizers returns "
+                        f"{len(optimizers)}; resume with the optimizers of the run that saved it, or start a new run "
+                        "from its weights alone with trainer.init_from")
+    state = _model_optim_state(model, optimizers)
     _dcp_load(state, path)
-    if optimizer is None:
+    if not optimizers:
         model.load_state_dict(state["model"])
     else:
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    trainer_state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=True)
+        set_model_state_dict(model, state["model"])
+        for i, optimizer in enumerate(optimizers):
+            set_optimizer_state_dict(model, optimizer, state[_optim_key(i)])
     return trainer_state, load_rank_state(path, rank)
 
 

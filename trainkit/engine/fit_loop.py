@@ -77,8 +77,8 @@ class FitLoop:
             train_epoch = trainer.profiler.wrap("run_training_epoch", train_epoch)
         while not self._done():
             self._reload_if_due()
-            train_epoch()
-            optimization.epoch_end_scheduler_step(trainer)
+            if train_epoch():
+                optimization.epoch_schedulers(trainer, plateau=True)  # after the epoch's end hooks, as Lightning
             trainer.state.epoch += 1
             trainer.state.batch_idx = 0
 
@@ -100,7 +100,8 @@ class FitLoop:
             or (trainer.max_epochs is not None and state.epoch >= trainer.max_epochs)
         )
 
-    def _train_epoch(self) -> None:
+    def _train_epoch(self) -> bool:
+        """One epoch (or what is left of it); True when it ran to its end."""
         trainer, module, loader = self.trainer, self.module, self.train_loader
         state, strategy, precision = trainer.state, trainer.strategy, trainer.precision
         module.train()
@@ -130,8 +131,11 @@ class FitLoop:
             training_step, backward = profile.wrap("training_step", training_step), profile.wrap("backward", backward)
             step, batches = profile.wrap("optimizer_step", step), profile.iterate("train_dataloader_next", batches)
         batch_end_hooks = trainer._batch_hooks["on_train_batch_end"]
+        manual, every = not module.automatic_optimization, trainer.log_every_n_steps
         state.batch_idx = skip
+        completed = False
         for batch_idx, batch, is_last in batches:
+            completed = is_last
             if batch_idx < skip:
                 continue
             if resume:
@@ -141,22 +145,32 @@ class FitLoop:
             window = min(accum, n - window_start) if not math.isinf(n) else accum
             step_now = batch_idx + 1 == window_start + window or is_last
             batch = strategy.batch_to_device(precision.convert_input(batch))
-            with strategy.no_backward_sync(trainer.model, enabled=not step_now):
+            if manual:  # training_step steps the optimizers: called directly, not through DDP's forward
+                steps_before = state.global_step
                 with precision.autocast():
-                    out = training_step(module, batch, batch_idx)
-                loss = out if isinstance(out, torch.Tensor) else out["loss"]
-                if not torch.isfinite(loss):  # before backward: nothing of this step reaches the weights
-                    self._non_finite(loss, batch_idx)
-                backward(loss / window if window > 1 else loss)
+                    out = module.training_step(batch, batch_idx)
+            else:
+                with strategy.no_backward_sync(trainer.model, enabled=not step_now):
+                    with precision.autocast():
+                        out = training_step(module, batch, batch_idx)
+                    loss = out if isinstance(out, torch.Tensor) else out["loss"]
+                    if not torch.isfinite(loss):  # before backward: nothing of this step reaches the weights
+                        self._non_finite(loss, batch_idx)
+                    backward(loss / window if window > 1 else loss)
             state.batch_idx = batch_idx + 1
             # A step's order: update, log, validate, then batch-end callbacks (checkpoints among
             # them), so a checkpoint taken at step N holds everything step N produced.
             if step_now:
-                step(trainer)
-                if state.global_step % trainer.log_every_n_steps == 0:
+                if manual:  # log when the batch's optimizer steps passed a multiple of log_every_n_steps
+                    log_now = state.global_step // every != steps_before // every
+                else:
+                    step(trainer, batch_idx, is_last)
+                    log_now = state.global_step % every == 0
+                if log_now:
                     self._log_step()
                 if val_every and ((batch_idx + 1) % val_every == 0 or is_last):
                     self._validate()
+                optimization.plateau_step(trainer, batch_idx)
             for cb in batch_end_hooks:
                 cb.on_train_batch_end(trainer, module, out, batch, batch_idx)
             if step_now:
@@ -181,6 +195,7 @@ class FitLoop:
         module.on_train_epoch_end()
         trainer.log_metrics(trainer.metrics.read_epoch())
         trainer._call("on_train_epoch_end")
+        return completed
 
     def _log_step(self) -> None:
         trainer = self.trainer

@@ -42,15 +42,33 @@ class TrainModule(nn.Module):
     def predict_step(self, batch: Any, batch_idx: int) -> Any:
         return self(batch)
 
-    def configure_optimizers(self) -> Any:
-        """Return an optimizer, or `{"optimizer": opt, "lr_scheduler": sched_or_dict}`.
+    # False: training_step steps its optimizers itself (self.optimizers(), self.manual_backward).
+    automatic_optimization: bool = True
 
-        A scheduler dict may carry `interval` ("step" or "epoch", default "epoch") and
-        `frequency`, as in Lightning. When a module does not override this method, the Trainer
-        builds the optimizer and scheduler that its `optimizer=` / `scheduler=` arguments (the
-        `optimizer` and `scheduler` config groups) describe.
+    def configure_optimizers(self) -> Any:
+        """Return what Lightning 2.x accepts: an optimizer; a list of them; `([opts], [scheds])`;
+        `{"optimizer": opt, "lr_scheduler": sched_or_config}`; a list of such dicts; or None.
+
+        A scheduler config is `{"scheduler": s, "interval": "epoch"|"step", "frequency": 1,
+        "monitor": None, "strict": True, "name": None}` (engine/optimizers.py). Several
+        optimizers need `automatic_optimization = False`. When a module does not override this
+        method, the Trainer builds the optimizer and scheduler that its `optimizer=` /
+        `scheduler=` arguments (the `optimizer` and `scheduler` config groups) describe.
         """
         raise NotImplementedError
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """How the Trainer steps a scheduler in automatic optimization (override to change it)."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Called before each automatic optimizer step when overridden; clips as the Trainer is set."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # Epoch hooks: a recipe overrides those it needs (e.g. to compute AUC over a whole epoch).
     def on_train_epoch_start(self) -> None: ...
@@ -101,4 +119,48 @@ class TrainModule(nn.Module):
     def log_dict(self, values: dict[str, torch.Tensor | float], **kwargs: Any) -> None:
         for name, value in values.items():
             self.log(name, value, **kwargs)
+
+    # -- optimization (Lightning's names; the work is in optimization.py and optimizers.py) -----
+    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
+        """The optimizer, or the list of them. Their `step()` goes through the Trainer (gradient
+        averaging, precision, hooks, global_step) unless `use_pl_optimizer=False`."""
+        opts = self.trainer._step_through if use_pl_optimizer else self.trainer.optimizers
+        return opts[0] if len(opts) == 1 else list(opts)
+
+    def lr_schedulers(self) -> Any:
+        """The scheduler, the list of them, or None."""
+        scheds = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        return None if not scheds else scheds[0] if len(scheds) == 1 else scheds
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backward in manual optimization (the precision's loss scaling included)."""
+        from trainkit.engine import optimization
+
+        optimization.manual_backward(self.trainer, loss, *args, **kwargs)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Only `optimizer`'s parameters compute gradients until `untoggle_optimizer`."""
+        from trainkit.engine import optimizers
+
+        self._param_requires_grad_state = optimizers.toggle(self.trainer.optimizers, optimizer)
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        from trainkit.engine import optimizers
+
+        optimizers.untoggle(self.trainer.optimizers, optimizer, getattr(self, "_param_requires_grad_state", {}))
+        self._param_requires_grad_state = {}
+
+    def toggled_optimizer(self, optimizer: Any) -> Any:
+        """`with self.toggled_optimizer(opt):` toggles, and untoggles on the way out."""
+        from trainkit.engine import optimizers
+
+        return optimizers.toggled(self, optimizer)
+
+    def clip_gradients(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip the gradients of `optimizer`'s parameters ("norm" or "value"), unscaled first."""
+        from trainkit.engine import optimization
+
+        optimization.clip_gradients(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm)
 

@@ -1,19 +1,30 @@
-"""Optimizers and schedulers: building them, and the automatic optimizer step.
+"""Optimizers and schedulers: building them, the automatic optimizer step, and the manual one.
 
-The optimizer comes from the module's `configure_optimizers()` or, when the module does not
-define it, from the Trainer's `optimizer=` / `scheduler=` factories (the CLI's config groups).
-One automatic step: unscale and clip, the `on_before_optimizer_step` hooks, step (the precision
-may skip it), zero the grads, count it, and step a per-step scheduler.
+The optimizers come from the module's `configure_optimizers()` (any of Lightning's return forms,
+read by optimizers.py) or, when the module does not define it, from the Trainer's `optimizer=` /
+`scheduler=` factories (the CLI's config groups).
+
+Automatic optimization (one optimizer): unscale and clip, the `on_before_optimizer_step` hooks,
+step (the precision may skip it), zero the grads, count it, then the schedulers due at this batch.
+
+Manual optimization (`module.automatic_optimization = False`, as many optimizers as returned):
+`training_step` calls `self.manual_backward(loss)` and `opt.step()` on what `self.optimizers()`
+gives. Each `step()` averages that optimizer's gradients over the processes if a backward ran
+since (under DDP: the loop does not go through DDP's forward, whose reducer expects one backward
+over all parameters per forward), runs the hooks and the GradScaler, and counts one global step,
+as Lightning 2.x does. Schedulers are the user's to step (`self.lr_schedulers()`).
 """
 from __future__ import annotations
 
 import inspect
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from trainkit.engine import optimizers as forms
 from trainkit.engine.module import TrainModule
 from trainkit.errors import ConfigError, UserError
 
@@ -24,7 +35,10 @@ log = logging.getLogger("trainkit")
 
 
 def configure_optimizers(trainer: Trainer, module: TrainModule) -> None:
-    """Set the trainer's optimizer, scheduler, and the scheduler's interval and frequency."""
+    """Set `trainer.optimizers`, `trainer.lr_scheduler_configs` and the handles `module.optimizers()` gives."""
+    automatic = module.automatic_optimization
+    if not automatic:
+        _check_manual(trainer)
     if type(module).configure_optimizers is not TrainModule.configure_optimizers:
         if trainer.optimizer_factory is not None:
             log.info("%s.configure_optimizers() builds the optimizer; the optimizer config is not used",
@@ -39,18 +53,22 @@ def configure_optimizers(trainer: Trainer, module: TrainModule) -> None:
         raise UserError(
             f"{type(module).__name__} has no optimizer: define configure_optimizers() or pass Trainer(optimizer=...)"
         )
-    if isinstance(result, torch.optim.Optimizer):
-        result = {"optimizer": result}
-    trainer.optimizer = result["optimizer"]
-    sched = result.get("lr_scheduler")
-    if isinstance(sched, dict):
-        trainer.lr_scheduler = sched["scheduler"]
-        trainer.scheduler_interval = sched.get("interval", "epoch")
-        trainer.scheduler_frequency = sched.get("frequency", 1)
-    else:
-        trainer.lr_scheduler, trainer.scheduler_interval, trainer.scheduler_frequency = sched, "epoch", 1
-    if trainer.scheduler_interval not in ("step", "epoch"):
-        raise UserError(f"lr_scheduler interval={trainer.scheduler_interval!r} must be 'step' or 'epoch'")
+    trainer.optimizers, trainer.lr_scheduler_configs = forms.parse(result, automatic, type(module).__name__)
+    trainer._step_through = [forms.StepThrough(opt, partial(manual_step, trainer)) for opt in trainer.optimizers]
+    trainer._unsynced = set()
+    trainer._clips_itself = type(module).configure_gradient_clipping is not TrainModule.configure_gradient_clipping
+
+
+def _check_manual(trainer: Trainer) -> None:
+    if trainer.gradient_clip_val:
+        raise ConfigError(
+            f"trainer.gradient_clip_val={trainer.gradient_clip_val} does not apply to manual optimization (as in "
+            "Lightning): remove it, and clip in training_step with self.clip_gradients(opt, gradient_clip_val=..., "
+            "gradient_clip_algorithm='norm') before opt.step()")
+    if trainer.accumulate_grad_batches != 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} does not apply to manual optimization "
+            "(as in Lightning): remove it, and step the optimizers every k batches in training_step yourself")
 
 
 def _build_scheduler(trainer: Trainer, optimizer: torch.optim.Optimizer) -> Any:
@@ -71,26 +89,92 @@ def estimate_stepping_batches(trainer: Trainer) -> int | float:
     return min(by_epochs, trainer.max_steps) if trainer.max_steps > -1 else by_epochs
 
 
-def optimizer_step(trainer: Trainer) -> None:
-    """One automatic optimizer step on the accumulated gradients."""
-    optimizer = trainer.optimizer
-    if trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
-        trainer.precision.unscale_gradients(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        trainer.strategy.clip_gradients(params, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+# -- automatic optimization -----------------------------------------------------------------------
+def optimizer_step(trainer: Trainer, batch_idx: int, last_batch: bool) -> None:
+    """One automatic optimizer step on the accumulated gradients, then the schedulers due now
+    (those of interval "epoch" at the epoch's last batch: before its validation and checkpoint)."""
+    module = trainer._module
+    stepped = True
+    for optimizer in trainer.optimizers:  # one, or none when configure_optimizers returned None
+        if trainer._clips_itself:
+            module.configure_gradient_clipping(optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+        elif trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
+            _clip(trainer, optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+        for cb in trainer._batch_hooks["on_before_optimizer_step"]:
+            cb.on_before_optimizer_step(trainer, module, optimizer)
+        stepped = trainer.precision.optimizer_step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+    trainer.state.global_step += 1
+    configs = trainer.lr_scheduler_configs
+    if configs:
+        if stepped:  # a step the GradScaler skipped must not advance the schedule
+            forms.step_schedulers(configs, "step", batch_idx + 1, False, trainer.callback_metrics,
+                                  module.lr_scheduler_step)
+        if last_batch:
+            epoch_schedulers(trainer, plateau=False)
+
+
+def plateau_step(trainer: Trainer, batch_idx: int) -> None:
+    """ReduceLROnPlateau schedulers of interval "step": after the step's validation."""
+    if trainer.lr_scheduler_configs and trainer._module.automatic_optimization:
+        forms.step_schedulers(trainer.lr_scheduler_configs, "step", batch_idx + 1, True, trainer.callback_metrics,
+                              trainer._module.lr_scheduler_step)
+
+
+def epoch_schedulers(trainer: Trainer, plateau: bool) -> None:
+    """Schedulers of interval "epoch" (ReduceLROnPlateau ones when `plateau`: after the epoch's end hooks)."""
+    if trainer.lr_scheduler_configs and trainer._module.automatic_optimization:
+        forms.step_schedulers(trainer.lr_scheduler_configs, "epoch", trainer.state.epoch + 1, plateau,
+                              trainer.callback_metrics, trainer._module.lr_scheduler_step)
+
+
+# -- manual optimization --------------------------------------------------------------------------
+def manual_backward(trainer: Trainer, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+    if trainer._module.automatic_optimization:
+        raise UserError(f"{type(trainer._module).__name__}.manual_backward() is for manual optimization: set "
+                        "`self.automatic_optimization = False` in __init__, or return the loss from training_step "
+                        "and let the Trainer run backward")
+    trainer.precision.backward(loss, *args, **kwargs)
+    trainer._unsynced = {id(opt) for opt in trainer.optimizers}
+
+
+def manual_step(trainer: Trainer, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None) -> Any:
+    """`opt.step()` of a handle from `module.optimizers()`."""
+    result = closure() if closure is not None else None
+    _sync(trainer, optimizer)
     for cb in trainer._batch_hooks["on_before_optimizer_step"]:
         cb.on_before_optimizer_step(trainer, trainer._module, optimizer)
-    stepped = trainer.precision.optimizer_step(optimizer)
-    optimizer.zero_grad(set_to_none=True)
-    trainer.state.global_step += 1
-    # A step the GradScaler skipped must not advance the schedule.
-    if stepped and trainer.lr_scheduler is not None and trainer.scheduler_interval == "step":
-        if trainer.state.global_step % trainer.scheduler_frequency == 0:
-            trainer.lr_scheduler.step()
+    trainer.precision.optimizer_step(optimizer)
+    trainer.state.global_step += 1  # every step() counts, skipped by the GradScaler or not (Lightning)
+    return result
 
 
-def epoch_end_scheduler_step(trainer: Trainer) -> None:
-    """Step a per-epoch scheduler at the end of the epoch that just finished."""
-    if trainer.lr_scheduler is not None and trainer.scheduler_interval == "epoch":
-        if (trainer.state.epoch + 1) % trainer.scheduler_frequency == 0:
-            trainer.lr_scheduler.step()
+def clip_gradients(trainer: Trainer, optimizer: Any, value: float | None, algorithm: str | None) -> None:
+    """`module.clip_gradients`: Lightning's argument rules, then unscale and clip."""
+    if value is None:
+        value = trainer.gradient_clip_val or 0.0
+    elif trainer.gradient_clip_val is not None and trainer.gradient_clip_val != value:
+        raise ConfigError(f"Trainer(gradient_clip_val={trainer.gradient_clip_val}) and clip_gradients("
+                          f"gradient_clip_val={value}) disagree; give only one of them")
+    algorithm = (algorithm or trainer.gradient_clip_algorithm or "norm").lower()
+    if algorithm not in ("norm", "value"):
+        raise ConfigError(f"clip_gradients(gradient_clip_algorithm={algorithm!r}) must be 'norm' or 'value'")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"clip_gradients(gradient_clip_val={value!r}) must be a number")
+    optimizer = forms.unwrap(optimizer)
+    _sync(trainer, optimizer)
+    if value > 0:
+        _clip(trainer, optimizer, value, algorithm)
+
+
+def _clip(trainer: Trainer, optimizer: torch.optim.Optimizer, value: float, algorithm: str) -> None:
+    trainer.precision.unscale_gradients(optimizer)
+    params = [p for p in forms.parameters_of(optimizer) if p.grad is not None]
+    trainer.strategy.clip_gradients(params, value, algorithm)
+
+
+def _sync(trainer: Trainer, optimizer: torch.optim.Optimizer) -> None:
+    """Average this optimizer's gradients over the processes once after each manual backward."""
+    if id(optimizer) in trainer._unsynced:
+        trainer._unsynced.discard(id(optimizer))
+        trainer.strategy.average_gradients([p for p in forms.parameters_of(optimizer) if p.grad is not None])

@@ -24,6 +24,7 @@ from trainkit.engine.data import DataModule
 from trainkit.engine.fit_loop import FitLoop
 from trainkit.engine.metric_store import MetricStore
 from trainkit.engine.module import TrainModule
+from trainkit.engine.optimizers import SchedulerConfig
 from trainkit.engine.seed import seed_everything, set_deterministic
 from trainkit.engine.state import TrainState
 from trainkit.errors import ConfigError, UserError
@@ -150,10 +151,11 @@ class Trainer:
         self.loggers = _make_loggers(logger, self.default_root_dir) if self.is_global_zero and not self.fast_dev_run else []
         self.datamodule: DataModule | None = None
 
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.lr_scheduler: Any = None
-        self.scheduler_interval = "step"
-        self.scheduler_frequency = 1
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.lr_scheduler_configs: list[SchedulerConfig] = []
+        self._step_through: list[Any] = []  # what module.optimizers() hands out (optimization.py)
+        self._unsynced: set[int] = set()  # optimizers with gradients of a manual backward not yet averaged
+        self._clips_itself = False  # the module overrides configure_gradient_clipping
         self.num_training_batches: int | float = 0
         self.num_val_batches: list[int | float] = []  # per val loader, as in Lightning
         self.estimated_stepping_batches: int | float = 0
@@ -181,6 +183,11 @@ class Trainer:
     @property
     def current_epoch(self) -> int:
         return self.state.epoch
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The first optimizer (the only one in automatic optimization), or None."""
+        return self.optimizers[0] if self.optimizers else None
 
     @property
     def callback_metrics(self) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """The trainer's own state, and the checkpoints that carry it: save, resume, init_from.
 
 A checkpoint holds the model and optimizer (through torch.distributed.checkpoint, sharded where
-the strategy shards), `state_dict(trainer)` (counters, data seed, scheduler, precision, callbacks,
+the strategy shards), `state_dict(trainer)` (counters, data seed, schedulers, precision, callbacks,
 the training epoch's metric sums, and the settings exactness depends on), and per rank the RNG
 streams. Resuming refuses a checkpoint whose settings differ, unless `resume_strict=False`.
 """
@@ -30,7 +30,10 @@ def state_dict(trainer: Trainer) -> dict[str, Any]:
         "progress": dataclasses.asdict(trainer.state),
         "data_seed": trainer._data_seed,
         "last_val_step": trainer._last_val_step,
-        "lr_scheduler": trainer.lr_scheduler.state_dict() if trainer.lr_scheduler is not None else None,
+        "lr_schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
+        # A checkpoint taken at an epoch's end replays the epoch-end hooks on resume: a
+        # ReduceLROnPlateau stepped there needs the values it monitors.
+        "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "precision": trainer.precision.state_dict(),
         "callbacks": {key: cb.state_dict() for key, cb in keyed_callbacks(trainer.callbacks)},
         "metrics": trainer.metrics.state_dict(),
@@ -46,8 +49,16 @@ def load_state_dict(trainer: Trainer, state: dict[str, Any]) -> None:
     batches = getattr(trainer.train_dataloader, "batch_sampler", None)
     if isinstance(batches, GlobalBatchSampler):
         batches.seed = trainer._data_seed
-    if trainer.lr_scheduler is not None and state["lr_scheduler"] is not None:
-        trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    schedulers = state.get("lr_schedulers")
+    if schedulers is None:  # saved before several schedulers existed
+        schedulers = [] if state.get("lr_scheduler") is None else [state["lr_scheduler"]]
+    configs = trainer.lr_scheduler_configs
+    if len(schedulers) != len(configs):
+        raise UserError(f"the checkpoint holds {len(schedulers)} learning-rate schedulers, configure_optimizers "
+                        f"returns {len(configs)}; resume with the schedulers of the run that saved it")
+    for config, saved_state in zip(configs, schedulers):
+        config.scheduler.load_state_dict(saved_state)
+    trainer.metrics.callback_metrics.update(state.get("callback_metrics", {}))
     trainer.precision.load_state_dict(state["precision"])
     saved = state["callbacks"]
     for key, cb in keyed_callbacks(trainer.callbacks):
@@ -91,7 +102,7 @@ def save_checkpoint(trainer: Trainer, name: str | None = None) -> str:
         trainer.checkpoint_dir,
         name or f"epoch={trainer.state.epoch}-step={trainer.state.global_step}",
         model=trainer.model,
-        optimizer=trainer.optimizer,
+        optimizers=trainer.optimizers,
         trainer_state=state_dict(trainer),
         rank_state={"rng": capture_rng(), "epoch_rng": trainer._epoch_rng},
         rank=trainer.strategy.global_rank,
@@ -134,7 +145,7 @@ def restore(trainer: Trainer) -> None:
             _init_weights(trainer)
         return
     rank = trainer.strategy.global_rank
-    trainer_state, rank_state = checkpoint.load(path, trainer.model, trainer.optimizer, rank)
+    trainer_state, rank_state = checkpoint.load(path, trainer.model, trainer.optimizers, rank)
     saved, current = trainer_state["settings"], settings(trainer)
     differ = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     if differ:

@@ -44,6 +44,10 @@ class Strategy(Protocol):
 
     def clip_gradients(self, parameters: list[torch.Tensor], max_norm: float, algorithm: str) -> torch.Tensor | None: ...
 
+    def average_gradients(self, parameters: list[torch.Tensor]) -> None:
+        """Manual optimization: average these gradients over the processes before a step (what
+        the wrapper's backward does in automatic optimization); nothing in one process."""
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` summed over all processes (the tensor itself in one process)."""
 

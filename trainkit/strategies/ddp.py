@@ -93,6 +93,19 @@ class DDPStrategy:
     def clip_gradients(self, parameters: list[torch.Tensor], max_norm: float, algorithm: str) -> torch.Tensor | None:
         return self.local.clip_gradients(parameters, max_norm, algorithm)  # grads are identical on all ranks
 
+    def average_gradients(self, parameters: list[torch.Tensor]) -> None:
+        # One flat all-reduce per dtype instead of one per tensor. Gradients already averaged
+        # stay the same (the mean of equal values), so a second backward before a step is safe.
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for p in parameters:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in by_dtype.values():
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world_size
+            for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(part.view_as(g))
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.all_reduce_sum_async(tensor).wait()
 

@@ -50,6 +50,9 @@ class FSDPStrategy(DDPStrategy):
     def training_step(self, module: nn.Module, batch: Any, batch_idx: int) -> Any:
         return module.training_step(batch, batch_idx)  # fully_shard's hooks sit on module.forward
 
+    def average_gradients(self, parameters: list[torch.Tensor]) -> None:
+        pass  # fully_shard's backward hooks already reduce-scattered them, in every backward
+
     def no_backward_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         return _paused_gradient_sync(module) if enabled else contextlib.nullcontext()
 

@@ -44,6 +44,9 @@ class SingleDeviceStrategy:
             return None
         return nn.utils.clip_grad_norm_(parameters, max_norm)
 
+    def average_gradients(self, parameters: list[torch.Tensor]) -> None:
+        pass  # one process: its gradients are the average
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 

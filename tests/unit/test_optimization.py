@@ -204,7 +204,8 @@ def test_reduce_on_plateau_is_stepped_with_the_monitored_value_after_validation(
 
     class Values(Callback):
         def on_validation_end(self, trainer, module):
-            seen.setdefault("val", []).append(float(trainer.callback_metrics["val_loss"]))
+            if not trainer.sanity_checking:
+                seen.setdefault("val", []).append(float(trainer.callback_metrics["val_loss"]))
 
     _, trainer = fit(configure, val=True, max_epochs=3, callbacks=[Values()])
     assert seen["sched"].seen == seen["val"] and len(seen["val"]) == 3

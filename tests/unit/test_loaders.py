@@ -248,3 +248,15 @@ def test_batch_end_callbacks_get_dataloader_idx_and_add_dataloader_idx_false_sha
     results = quiet(callbacks=seen).validate(Shared(), [DataLoader(dataset(4), batch_size=2)] * 2)
     assert seen.seen == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert results == [{"val/seen": 0.5}, {"val/seen": 0.5}]  # one metric over both loaders, in both dicts
+
+
+def test_the_progress_output_of_an_endless_loader(caplog):
+    import logging
+
+    from trainkit.callbacks import ProgressBar
+
+    trainer = Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+                      callbacks=ProgressBar(plain_interval_s=0.0), num_sanity_val_steps=0)
+    with caplog.at_level(logging.INFO, logger="trainkit"):
+        trainer.fit(Tiny(), DataLoader(Stream(), batch_size=4))
+    assert "batch 3/? step 3" in caplog.text  # no TTY: plain lines, with an unknown total

@@ -78,8 +78,9 @@ class ProgressBar(Callback):
         else:
             self._next_draw = now + self.plain_interval_s
             rate = (batch_idx + 1) / max(now - self._epoch_started, 1e-9)
+            total = "?" if math.isinf(trainer.num_training_batches) else trainer.num_training_batches  # (an IterableDataset)
             log.info("%s batch %d/%s step %d %s (%.1f batches/s)", self._epoch_label(trainer), batch_idx + 1,
-                     trainer.num_training_batches, trainer.global_step, metrics, rate)
+                     total, trainer.global_step, metrics, rate)
 
     def on_train_epoch_end(self, trainer, module) -> None:
         if not self.enabled:

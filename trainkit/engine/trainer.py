@@ -348,7 +348,7 @@ class Trainer:
     def _call(self, hook: str) -> None:
         for cb in self.callbacks:
             fn = getattr(cb, hook)
-            if self.profiler is not None:
+            if self.profiler is not None and overrides(cb, hook):  # (an inherited no-op is not worth a line)
                 fn = self.profiler.wrap(f"[Callback]{type(cb).__name__}.{hook}", fn)
             fn(self, self._module)
 

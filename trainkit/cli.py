@@ -32,14 +32,14 @@ import time
 import traceback
 from pathlib import Path
 
-from trainkit import builtin
 from trainkit.choices import COMMANDS
 from trainkit.errors import Interrupted, UserError
+from trainkit.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, exit_code, record_failure
+from trainkit.project import Project, activate, builtin_config_dir, find_project, record
 
-CONFIG_DIR = Path(os.environ.get("TRAINKIT_CONFIG_DIR") or builtin.config_dir())
+CONFIG_DIR = builtin_config_dir()  # trainkit's own configs (a project's are layered over them)
 RUN_ID = secrets.token_hex(3)  # one per process: two runs started in the same second differ
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EVALUATE = ("validate", "test", "predict")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,10 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or bool(os.environ.get("HYDRA_FULL_ERROR"))
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a not in ("--debug", "--dry-run")]
+    argv, config_dir = _take_config_dir(argv)
+    try:
+        project = find_project(config_dir=config_dir)
+    except UserError as exc:
+        return _fail(EXIT_BAD_INPUT, str(exc))
+    activate(project)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
+        print(usage(project))
         return EXIT_OK
-    command, overrides = argv[0], [_quote_group_option(a) for a in argv[1:]]
+    command, overrides = argv[0], [_quote_group_option(a, project) for a in argv[1:]]
     if command == "init":
         from trainkit.scaffold import init_command
 
@@ -62,45 +68,71 @@ def main(argv: list[str] | None = None) -> int:
         return _export(overrides, debug)
     if command == "sweep-summary":
         return _sweep_summary(overrides)
+    if command == "resume" or (command in EVALUATE and overrides and _is_run_dir(overrides[0])):
+        from trainkit.resume import from_run_dir
+
+        return from_run_dir(command, overrides, debug, dry_run)
     if command == "tune":
         from trainkit.tuner import tuner_overrides
 
         overrides = tuner_overrides(overrides)  # lr=true -> tuner.lr=true, batch_size=true -> tuner.batch_size=true
     if command not in COMMANDS:
-        return _fail(EXIT_BAD_INPUT, f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}, export "
-                     "(trainkit --help lists them)")
+        return _fail(EXIT_BAD_INPUT, f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}, export, "
+                     "resume (trainkit --help lists them)")
     # Hydra re-raises instead of printing its own report; we print one short message instead.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     failures: list[tuple[BaseException, str | None]] = []
+    trials: list = []  # SLURM jobs of a grid sweep's trials, followed together below
     started = time.time()
     try:
-        _run_hydra(command, overrides, failures, dry_run)
+        _run_hydra(command, overrides, failures, project, trials, dry_run)
     except _SweepStopped:
         pass  # a trial was stopped by a signal (reported below); no further trial started
     except KeyboardInterrupt:
         return _fail(EXIT_INTERRUPTED, "interrupted")
     except Exception as exc:  # noqa: BLE001 - Hydra could not compose the config: a bad override
-        return _fail(EXIT_BAD_INPUT, _hydra_message(exc), debug, exc)
-    if "trainkit.launch.slurm" in sys.modules:  # a sweep with launcher=slurm: its trials ran as SLURM jobs
+        return _fail(EXIT_BAD_INPUT, _hydra_message(exc, project), debug, exc)
+    if trials:
         from trainkit.launch.slurm import follow_trials
 
-        for exc, run_dir in follow_trials():
+        for exc, run_dir in follow_trials(trials):
             failures.append((exc, run_dir))
-            _keep_failure(exc, run_dir)
+            record_failure(exc, run_dir)
     from trainkit.sweeps.summary import finished_sweep
 
     sweep_dir = finished_sweep()
-    codes = [_report_failure(exc, run_dir, debug, command, overrides, sweep_dir) for exc, run_dir in failures]
+    codes = [report_failure(exc, run_dir, debug, sweep_dir) for exc, run_dir in failures]
     if sweep_dir is not None and not dry_run:
-        return _end_of_sweep(sweep_dir, failures, codes, started)
+        return end_of_sweep(sweep_dir, failures, codes, started)
     return codes[0] if codes else EXIT_OK
+
+
+def _take_config_dir(argv: list[str]) -> tuple[list[str], str | None]:
+    """`--config-dir DIR` (or `-cd DIR`, `--config-dir=DIR`): the project's configs, taken here so
+    that they are layered over the built-in ones (Hydra's own flag would put them after)."""
+    rest, config_dir, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            config_dir, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config-dir="):
+            config_dir = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, config_dir
+
+
+def _is_run_dir(arg: str) -> bool:
+    return "=" not in arg and os.path.isfile(os.path.join(arg, "config.yaml"))
 
 
 class _SweepStopped(BaseException):
     """Raised out of the task of a trial stopped by a signal: Hydra would start the next trial."""
 
 
-def _end_of_sweep(sweep_dir: str, failures: list, codes: list[int], started: float) -> int:
+def end_of_sweep(sweep_dir: str, failures: list, codes: list[int], started: float) -> int:
     """The table of trials, then the sweep's exit code (the rule is in the module docstring)."""
     from trainkit.sweeps.summary import summarize
 
@@ -136,7 +168,8 @@ def _sweep_summary(args: list[str]) -> int:
     return EXIT_OK
 
 
-def _run_hydra(command: str, overrides: list[str], failures: list, dry_run: bool = False) -> None:
+def _run_hydra(command: str, overrides: list[str], failures: list, project: Project, trials: list,
+               dry_run: bool = False) -> None:
     import hydra
     from omegaconf import OmegaConf
 
@@ -145,16 +178,19 @@ def _run_hydra(command: str, overrides: list[str], failures: list, dry_run: bool
     register_configs()
     OmegaConf.register_new_resolver("run_id", lambda: RUN_ID, replace=True)
 
-    @hydra.main(config_path=str(CONFIG_DIR), config_name="fit", version_base="1.3")
+    @hydra.main(config_path=str(project.main_dir), config_name="fit", version_base="1.3")
     def task(cfg):
-        from trainkit.run import run_composed
+        from hydra.core.hydra_config import HydraConfig
+
+        from trainkit.compose import run_composed
         from trainkit.sweeps.results import task_return
 
+        cfg.project = record(project, OmegaConf.to_container(HydraConfig.get().runtime.choices))
         try:
-            metrics = run_composed(command, cfg, dry_run)
+            metrics = run_composed(command, cfg, dry_run, trials).metrics
         except Exception as exc:  # noqa: BLE001 - reported by main() once Hydra returns
             failures.append((exc, cfg.get("run_dir")))
-            _keep_failure(exc, cfg.get("run_dir"))  # here: a trial may run in another process (joblib)
+            record_failure(exc, cfg.get("run_dir"))  # here: a trial may run in another process (joblib)
             if isinstance(exc, Interrupted):
                 raise _SweepStopped from exc
             return None
@@ -164,12 +200,12 @@ def _run_hydra(command: str, overrides: list[str], failures: list, dry_run: bool
     task()
 
 
-def _quote_group_option(arg: str) -> str:
+def _quote_group_option(arg: str, project: Project) -> str:
     """Values Hydra's override grammar would misread, quoted: `precision=32` -> `precision='32'` (a
     group option is a name, not an int), and a path with `=` in it, as checkpoint names have
     (`trainer.resume=.../epoch=3-step=120`)."""
     key, sep, value = arg.partition("=")
-    if sep and (CONFIG_DIR / key.lstrip("+~")).is_dir() and value.replace(".", "", 1).isdigit():
+    if sep and project.is_group(key.lstrip("+~")) and value.replace(".", "", 1).isdigit():
         return f"{key}='{value}'"
     if sep and "=" in value and "/" in value and value[:1] not in "'\"[":
         return f"{key}='{value}'"
@@ -193,46 +229,18 @@ def _export(args: list[str], debug: bool) -> int:
     return EXIT_OK
 
 
-def _report_failure(exc: BaseException, run_dir: str | None, debug: bool, command: str = "fit",
-                    overrides: tuple[str, ...] = (), sweep_dir: str | None = None) -> int:
+def report_failure(exc: BaseException, run_dir: str | None, debug: bool, sweep_dir: str | None = None) -> int:
+    """One line for the console (the whole story is in the run directory), and the exit code."""
     if isinstance(exc, Interrupted):
-        same = [o for o in overrides if not o.startswith(("hydra.run.dir=", "-m", "--multirun"))]
-        resume = f"; resume with: trainkit {' '.join([command, *same])} hydra.run.dir={run_dir}" if run_dir else ""
-        if sweep_dir is not None:  # the same sweep again: every trial continues from its own checkpoints
-            same = [o for o in overrides if not o.startswith("hydra.sweep.dir=")]
-            resume = f"; resume the sweep with: trainkit {' '.join([command, *same])} hydra.sweep.dir={sweep_dir}"
+        resume = f"; resume with: trainkit resume {run_dir}" if run_dir else ""
+        if sweep_dir is not None:  # every trial that did not complete continues from its own checkpoints
+            resume = f"; resume the sweep with: trainkit resume {sweep_dir}"
         print(f"trainkit: {exc}{resume}", file=sys.stderr)
-        return 128 + exc.signum
-    code, message = _failure(exc)
-    if run_dir and os.path.isdir(run_dir):  # _keep_failure wrote the whole story there
+        return exit_code(exc)[0]
+    code, message = exit_code(exc)
+    if run_dir and os.path.isdir(run_dir):  # record_failure wrote the whole story there
         message += f"\n  log: {os.path.join(run_dir, 'trainkit.log')}"
     return _fail(code, message, debug, exc)
-
-
-def _failure(exc: BaseException) -> tuple[int, str]:
-    from trainkit.launch.local import WorkerFailed
-
-    if isinstance(exc, Interrupted):
-        return 128 + exc.signum, str(exc)
-    if isinstance(exc, WorkerFailed):
-        return exc.exit_code, str(exc)
-    if isinstance(exc, UserError):
-        return EXIT_BAD_INPUT, str(exc)
-    return EXIT_FAILED, _where(exc)
-
-
-def _keep_failure(exc: BaseException, run_dir: str | None) -> None:
-    """The run directory keeps the whole story: the error and its traceback in trainkit.log, the
-    status in results.json (what the sweep summary reads)."""
-    if not run_dir or not os.path.isdir(run_dir):
-        return
-    from trainkit.sweeps.results import record_failure
-
-    code, message = _failure(exc)
-    if not isinstance(exc, Interrupted):
-        with open(os.path.join(run_dir, "trainkit.log"), "a") as f:
-            f.write(f"error: {message}\n" + "".join(traceback.format_exception(exc)))
-    record_failure(run_dir, code, message, "interrupted" if isinstance(exc, Interrupted) else "failed")
 
 
 def _fail(code: int, message: str, debug: bool = False, exc: BaseException | None = None) -> int:
@@ -244,14 +252,15 @@ def _fail(code: int, message: str, debug: bool = False, exc: BaseException | Non
     return code
 
 
-def _hydra_message(exc: BaseException) -> str:
+def _hydra_message(exc: BaseException, project: Project) -> str:
     """One line from Hydra's and OmegaConf's reports, with the fix."""
     text = str(exc)
     missing = re.search(r"Could not find '([\w/-]+)/([^']+)'", text)
-    if missing and (CONFIG_DIR / missing[1]).is_dir():
+    if missing and project.is_group(missing[1]):
         group, name = missing[1], missing[2]
-        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-        return f"{group}={name} is not an option of the '{group}' group; choose one of: {', '.join(options)}"
+        options = ", ".join(project.options(group))
+        searched = " or ".join(str(d / group) for d in project.search_path)
+        return f"{group}={name} is not an option of the '{group}' group (searched {searched}); choose one of: {options}"
     cause = exc.__cause__
     full_key = getattr(cause, "full_key", None)
     if full_key:
@@ -266,38 +275,39 @@ def _hydra_message(exc: BaseException) -> str:
     return message
 
 
-def _where(exc: BaseException) -> str:
-    """`ExcType: message (at file:line in function)` for the innermost frame of the project."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    root = str(Path(__file__).resolve().parent.parent)
-    ours = [f for f in frames if f.filename.startswith(root + os.sep)] or frames
-    place = f" (at {os.path.relpath(ours[-1].filename, root)}:{ours[-1].lineno} in {ours[-1].name})" if ours else ""
-    return f"training failed: {type(exc).__name__}: {exc}{place}"
-
-
-def usage() -> str:
-    groups = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+def usage(project: Project | None = None) -> str:
+    project = project or Project()
+    groups = project.groups()
+    width = max(11, *map(len, groups))
     lines = [
         "usage: trainkit {fit,validate,test,predict,tune} [key=value ...] [group=option ...] [--cfg job] [-m] "
-        "[--dry-run] [--debug]",
+        "[--dry-run] [--debug] [--config-dir DIR]",
+        "       trainkit resume <run or sweep directory> [key=value ...]",
+        "       trainkit {validate,test,predict} <run directory> [key=value ...]",
         "       trainkit export <checkpoint> <file>",
         "       trainkit sweep-summary <sweep directory>",
         "",
         "commands:",
         "  fit        train the model (validating as it goes)",
-        "  validate   evaluate on the validation split (trainer.resume=<checkpoint> loads its weights)",
-        "  test       evaluate on the test split (trainer.resume=<checkpoint>)",
-        "  predict    write predictions.pt for the predict split (trainer.resume=<checkpoint>)",
+        "  resume     continue a stopped run from its folder, with its own config (extend it with",
+        "             trainer.max_steps=... or trainer.max_epochs=...); a sweep folder: its trials that did not complete",
+        "  validate   evaluate on the validation split: of <run directory> with its best checkpoint, or",
+        "             trainer.resume=<checkpoint> with the composed config",
+        "  test       evaluate on the test split (the same two forms)",
+        "  predict    write predictions.pt for the predict split (the same two forms)",
         "  tune       lr=true: LR range test (suggests optimizer.lr); batch_size=true: the largest batch that fits",
         "             (and its samples/s); bare tuner keys: min_lr, max_lr, num_training, max_batch_size, ...",
         "  export     write a checkpoint's model weights as a plain state_dict file",
         "  sweep-summary  the table of a sweep's trials (overrides, best metric, status), rebuilt from its files",
         "",
-        "config groups (pick one with group=option):",
     ]
+    if project.config_dir is not None:
+        lines += [f"project: {project.root} (configs: {project.config_dir}); * = an option of the project",
+                  f"         (searched first; trainkit's own: {builtin_config_dir()})", ""]
+    lines.append("config groups (pick one with group=option):")
     for group in groups:
-        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-        lines.append(f"  {group:<{max(11, *map(len, groups))}} {', '.join(options)}")
+        options = [f"{name}*" if mine else name for name, mine in project.options(group).items()]
+        lines.append(f"  {group:<{width}} {', '.join(options)}")
     lines += [
         "",
         "examples:",
@@ -307,8 +317,9 @@ def usage() -> str:
         "  trainkit fit -m optimizer.lr=1e-3,3e-3         a sweep (Hydra multirun): a table of trials at the end",
         "  trainkit fit hparams_search=kt_dkt             an Optuna search (pip install -e '.[tune]')",
         "  trainkit tune lr=true                          find a learning rate",
-        "  trainkit fit trainer.resume=auto hydra.run.dir=outputs/<model>/<run>   continue a stopped run",
-        "  trainkit test trainer.resume=outputs/<model>/<run>/checkpoints/last",
+        "  trainkit resume outputs/<model>/<run>          continue a stopped run from its folder",
+        "  trainkit resume outputs/<model>/<run> trainer.max_epochs=20   ... and train it longer",
+        "  trainkit test outputs/<model>/<run>            test a run with its best checkpoint",
         "",
         "trainkit <command> --help shows Hydra's options.",
     ]
@@ -316,13 +327,9 @@ def usage() -> str:
 
 
 def entry_point() -> None:
-    code = main()
-    if "torch.distributed" in sys.modules:  # a torchrun worker: leave as trainkit.launch.worker does
-        import torch.distributed as dist
+    from trainkit.exits import distributed, leave
 
-        if dist.is_available() and dist.is_initialized():
-            sys.stdout.flush()
-            sys.stderr.flush()
-            dist.destroy_process_group()
-            os._exit(code)  # gloo can abort at interpreter exit after a clean run
+    code = main()
+    if distributed():  # a torchrun or srun worker: close its process group, leave as every worker does
+        leave(code)
     sys.exit(code)

@@ -150,6 +150,9 @@ class RunConfig:
     tuner: TunerConfig = field(default_factory=TunerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     data_dir: str = DATA_DIR  # where the real-data recipes read their datasets (trainkit/builtin.py)
+    # Written by the CLI (trainkit.project.record): the project root workers import from, the
+    # config folders searched, and the file each group's option came from.
+    project: Optional[Dict[str, Any]] = None
 
 
 def register_configs() -> None:
@@ -259,16 +262,38 @@ def target_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
 def check_targets(cfg: DictConfig) -> None:
     """Import each `_target_` and check the node's keys and value types against its signature."""
     for key, node in target_nodes(cfg):
-        target = _import(key, node._target_)
+        target = _import(key, node._target_, cfg.get("project"))
         _check_call(key, node, target)
 
 
-def _import(key: str, path: str) -> Any:
+def _import(key: str, path: str, project: Any = None) -> Any:
     module_name, _, attr = path.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{key}._target_={path!r} cannot be imported ({exc}); check the name") from None
+        where = ""
+        source = _source_of(key, path, project)
+        if source:
+            where = f"; set in {source}"
+        if project and project.get("root"):
+            where += f"; modules are looked up in the project folder {project['root']} and the installed packages"
+        raise ConfigError(f"{key}._target_={path!r} cannot be imported ({exc}){where}; check the name") from None
+
+
+def _source_of(key: str, target: str, project: Any) -> str | None:
+    """The config file that set `<key>._target_`: the group's option file, or the experiment that
+    overrode it (Hydra's choices, mapped to files by trainkit.project.record)."""
+    sources = (project or {}).get("sources") or {}
+    group = key.split(".")[0]
+    candidates = [sources[g] for g in (group, "experiment", "debug") if sources.get(g)]
+    for path in candidates:
+        try:
+            with open(path) as f:
+                if target in f.read():
+                    return path
+        except OSError:
+            continue
+    return candidates[0] if candidates else None
 
 
 def _check_call(key: str, node: DictConfig, target: Any) -> None:

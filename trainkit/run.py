@@ -1,135 +1,23 @@
-"""One run: from the composed config to a finished command.
+"""The worker side of a run: what one process does with `<run_dir>/config.yaml`.
 
-`run_composed` runs once in the parent, inside Hydra: resolve the config, check it, write
-`<run_dir>/config.yaml`. `run_worker` is what a worker process does: it reads that file (never
-argv, never Hydra), builds the datamodule, model, callbacks and loggers, and runs the command.
-With one device the parent is the worker.
+`run_worker` reads that file (never argv, never Hydra), makes the project importable (its root is
+in the file), builds the datamodule, model, callbacks and loggers, and runs the command. Every
+launcher ends here (trainkit.launch); with one device the parent is the worker. The parent side,
+which writes the file, is trainkit.compose.
 """
 from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainkit import crossval
-from trainkit.config import check_targets, check_values
-from trainkit.errors import ConfigError
+from trainkit.config import check_targets
 from trainkit.launch.env import from_environ
+from trainkit.project import make_importable
 
 log = logging.getLogger("trainkit")
-
-
-def run_composed(command: str, cfg: DictConfig, dry_run: bool = False) -> dict[str, float]:
-    cfg.command = command
-    if crossval.wants_all_folds(cfg):  # datamodule.folds=k: k runs, one per validation fold, then mean ± std
-        return crossval.run_folds(cfg, lambda fold_cfg: run_composed(command, fold_cfg, dry_run),
-                                  from_environ().is_worker)
-    OmegaConf.resolve(cfg)
-    check_values(cfg)
-    run_dir = os.path.abspath(cfg.run_dir)
-    cfg.run_dir = run_dir
-    env = from_environ()
-    if env.is_worker and env.rank != 0:  # started by torchrun or srun: rank 0's run directory is the run's
-        return run_worker(_config_of_rank_zero(env, run_dir))
-    on_slurm = cfg.launcher.name == "slurm" and not env.is_worker  # (inside `srun`, the tasks are the workers)
-    if dry_run:
-        _print_plan(cfg, on_slurm)
-        if os.path.isdir(run_dir) and set(os.listdir(run_dir)) <= {".hydra"}:
-            import shutil
-
-            shutil.rmtree(run_dir)  # a dry run leaves no run directory behind
-        return {}
-    os.makedirs(run_dir, exist_ok=True)
-    config_path = os.path.join(run_dir, "config.yaml")
-    _keep_previous_config(config_path, cfg)
-    OmegaConf.save(cfg, config_path)
-    if env.is_worker:
-        _config_of_rank_zero(env, run_dir, config_path)
-    if on_slurm:
-        return _run_on_slurm(config_path, cfg)
-    processes = cfg.trainer.devices * cfg.trainer.num_nodes
-    if processes == 1 or env.is_worker:  # one process, or started by torchrun already
-        return run_worker(config_path)
-    if cfg.trainer.num_nodes > 1:
-        raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes}: the local launcher starts processes on this "
-                          "machine only; use launcher=slurm, or run `torchrun --nnodes ... -m trainkit fit ...` "
-                          "on each node")
-    from trainkit.launch.local import launch
-    from trainkit.log_setup import setup_logging
-
-    setup_logging(None)
-    log.info("run directory: %s", run_dir)
-    launch(config_path, processes, cfg.trainer.max_restarts)  # rank 0 prints the results and the run dir
-    from trainkit.sweeps.results import read_results
-
-    return (read_results(run_dir) or {}).get("metrics", {})  # rank 0's final metrics
-
-
-def _print_plan(cfg: DictConfig, on_slurm: bool) -> None:
-    if on_slurm:
-        from trainkit.launch.slurm import dry_run
-
-        print(dry_run(cfg))
-        return
-    processes = cfg.trainer.devices * cfg.trainer.num_nodes
-    how = "in this process" if processes == 1 else "as worker processes of torch's elastic agent"
-    print(f"# dry run: {cfg.command} would run {processes} process(es) on this machine, {how}; nothing was run\n"
-          + OmegaConf.to_yaml(cfg))
-
-
-def _run_on_slurm(config_path: str, cfg: DictConfig) -> dict[str, float]:
-    from trainkit.launch import slurm
-    from trainkit.log_setup import setup_logging
-
-    setup_logging(None)
-    os.makedirs(os.path.join(cfg.run_dir, "slurm"), exist_ok=True)
-    if cfg.launcher.wait and _in_grid_sweep():
-        slurm.submit_trial(config_path, cfg)  # the sweep follows its jobs together once all are submitted
-        return {}
-    submitted = slurm.submit(config_path, cfg)
-    if not cfg.launcher.wait:
-        print(slurm.follow_hint(submitted))
-        return {}
-    return slurm.follow(submitted)
-
-
-def _in_grid_sweep() -> bool:
-    """A multirun of Hydra's basic sweeper: its trials do not depend on each other's results (an
-    Optuna search does: it waits for each)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hydra_cfg = HydraConfig.get()
-    return hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper._target_.endswith(".BasicSweeper")
-
-
-def _config_of_rank_zero(env, own_run_dir: str, config_path: str | None = None) -> str:
-    """Under an outside launcher (torchrun, srun) every rank ran Hydra; rank 0 publishes its config
-    file through the rendezvous store, the others take it and drop the folder Hydra made for them
-    (one run, one directory)."""
-    import shutil
-
-    from trainkit.launch.rendezvous import rendezvous_store
-
-    store = rendezvous_store(env)
-    key = f"trainkit/config/attempt{env.restart_count}"
-    if config_path is not None:
-        store.set(key, config_path)
-        return config_path
-    shared = store.get(key).decode()
-    if os.path.dirname(shared) != own_run_dir and set(os.listdir(own_run_dir)) <= {".hydra"}:
-        shutil.rmtree(own_run_dir, ignore_errors=True)
-    return shared
-
-
-def _keep_previous_config(path: str, cfg: DictConfig) -> None:
-    """A run directory reused (to resume, or for another command) keeps every config it ran with."""
-    if os.path.exists(path) and OmegaConf.load(path) != cfg:
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(os.path.getmtime(path)))
-        os.replace(path, os.path.join(os.path.dirname(path), f"config.{stamp}.yaml"))
 
 
 def exactness_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -164,6 +52,9 @@ def run_worker(config_path: str) -> dict[str, float]:
     env = from_environ()
     setup_logging(run_dir if env.rank == 0 else None, is_global_zero=env.rank == 0)
     log.info("run directory: %s", run_dir)
+    project = cfg.get("project") or {}
+    if project.get("root"):
+        make_importable(project["root"])  # the user's code, wherever this worker runs
     check_targets(cfg)  # imports the recipe (and torch): before any data or model work
 
     import torch

@@ -10,17 +10,23 @@ from trainkit.engine.callback import Callback
 class SignalAt(Callback):
     """After the `batch`-th training batch this process runs (1-based, micro-batches counted),
     send `signal` (a name such as SIGKILL or SIGTERM) to this process — only on rank `rank` and in
-    the first attempt (a restarted worker group runs on)."""
+    the first attempt (a restarted worker group runs on). With `fresh_only`, only in a run that
+    started without a checkpoint: `trainkit resume` of the stopped run (same config) runs on."""
 
-    def __init__(self, batch: int, signal: str = "SIGKILL", rank: int = 0) -> None:
+    def __init__(self, batch: int, signal: str = "SIGKILL", rank: int = 0, fresh_only: bool = False) -> None:
         self.batch = batch
         self.signal = getattr(signal_module, signal)
         self.rank = rank
         self.seen = 0
+        self.fresh_only, self.armed = fresh_only, True
+
+    def setup(self, trainer, module, stage: str) -> None:
+        if self.fresh_only:
+            self.armed = not os.path.exists(os.path.join(trainer.checkpoint_dir, "last"))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.seen += 1
-        if self.seen == self.batch and trainer.strategy.global_rank == self.rank and first_attempt():
+        if self.seen == self.batch and trainer.strategy.global_rank == self.rank and first_attempt() and self.armed:
             os.kill(os.getpid(), self.signal)
 
 

@@ -1,8 +1,12 @@
-"""Start `devices` worker processes on this machine with torch's elastic agent (torchrun's own
-machinery): the same environment contract as torchrun (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
-MASTER_PORT, TORCHELASTIC_RESTART_COUNT), restarts of the whole group after a failure (each
-restart resumes from `checkpoints/last`), and no hang: when one worker dies the agent stops the
-others. Each worker runs `python -m trainkit.launch.worker <run_dir>/config.yaml`.
+"""The local launchers.
+
+`InProcess`: this process is the worker (one device; or one rank of an outside torchrun or srun).
+
+`LocalElastic`: `devices` worker processes on this machine through torch's elastic agent
+(torchrun's own machinery): the same environment contract as torchrun (RANK, LOCAL_RANK,
+WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RESTART_COUNT), restarts of the whole group
+after a failure (each restart resumes from `checkpoints/last`), and no hang: when one worker dies
+the agent stops the others. Each worker runs `python -m trainkit.launch.worker <run_dir>/config.yaml`.
 """
 from __future__ import annotations
 
@@ -14,20 +18,48 @@ import sys
 import time
 import uuid
 
-from trainkit.errors import Interrupted, UserError
+from omegaconf import DictConfig, OmegaConf
+
+from trainkit.errors import ConfigError, Interrupted, UserError
+from trainkit.exits import WorkerFailed
+from trainkit.launch import Outcome
 
 log = logging.getLogger("trainkit")
 
 
-class WorkerFailed(Exception):
-    """A worker process failed; the message names its rank and what happened."""
+class InProcess:
+    def plan(self, cfg: DictConfig) -> str:
+        return f"# dry run: {cfg.command} would run 1 process on this machine, in this process; nothing was run\n" \
+            + OmegaConf.to_yaml(cfg)
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    def launch(self, config_path: str, cfg: DictConfig) -> Outcome:
+        from trainkit.run import run_worker
+
+        return Outcome(run_worker(config_path))
+
+
+class LocalElastic:
+    def plan(self, cfg: DictConfig) -> str:
+        processes = cfg.trainer.devices * cfg.trainer.num_nodes
+        return (f"# dry run: {cfg.command} would run {processes} process(es) on this machine, as worker processes "
+                "of torch's elastic agent; nothing was run\n" + OmegaConf.to_yaml(cfg))
+
+    def launch(self, config_path: str, cfg: DictConfig) -> Outcome:
+        if cfg.trainer.num_nodes > 1:
+            raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes}: the local launcher starts processes on this "
+                              "machine only; use launcher=slurm, or run `torchrun --nnodes ... -m trainkit fit ...` "
+                              "on each node")
+        from trainkit.log_setup import setup_logging
+        from trainkit.sweeps.results import read_results
+
+        setup_logging(None)
+        log.info("run directory: %s", cfg.run_dir)
+        launch(config_path, cfg.trainer.devices, cfg.trainer.max_restarts)  # rank 0 prints the results and the run dir
+        return Outcome((read_results(cfg.run_dir) or {}).get("metrics", {}))  # rank 0's final metrics
 
 
 def launch(config_path: str, nproc: int, max_restarts: int) -> None:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -51,6 +83,10 @@ def launch(config_path: str, nproc: int, max_restarts: int) -> None:
     except ChildFailedError as exc:
         stopped = _stopped_by_signal(exc.failures, os.path.dirname(config_path))
         raise stopped or _describe(*_first_failure(exc.failures)) from None
+    except SignalException as exc:  # the agent itself got the signal and forwarded it to the workers
+        last = os.path.realpath(os.path.join(os.path.dirname(config_path), "checkpoints", "last"))
+        saved = f"; last checkpoint: {last}" if os.path.exists(last) else ""
+        raise Interrupted(int(exc.sigval), f"stopped by {signal.Signals(exc.sigval).name}{saved}") from None
 
 
 def _stopped_by_signal(failures: dict, run_dir: str) -> Interrupted | None:

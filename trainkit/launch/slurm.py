@@ -24,7 +24,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from trainkit.errors import ConfigError, Interrupted, UserError
-from trainkit.launch.local import WorkerFailed
+from trainkit.exits import WorkerFailed
+from trainkit.launch import Outcome
 
 log = logging.getLogger("trainkit")
 
@@ -134,21 +135,51 @@ def follow(run: SubmittedRun) -> dict[str, float]:
     return outcome(run)
 
 
-# A sweep (Hydra multirun) submits its trials as they come and follows them all at the end.
-_TRIALS: list[SubmittedRun] = []
+class Slurm:
+    """The launcher of `launcher=slurm`. In a grid sweep (Hydra's basic sweeper: trials that do not
+    depend on each other's results) each trial's job is submitted at once, keeping at most
+    `launcher.array_parallelism` unfinished, and `trials` collects them: the CLI follows them all
+    together at the end (`follow_trials`). Alone, or in an Optuna search (which waits for each
+    result), a run's job is followed to its end."""
+
+    def __init__(self, trials: list | None = None) -> None:
+        self.trials = trials
+
+    def plan(self, cfg: DictConfig) -> str:
+        return dry_run(cfg)
+
+    def launch(self, config_path: str, cfg: DictConfig) -> Outcome:
+        from trainkit.log_setup import setup_logging
+
+        setup_logging(None)
+        os.makedirs(os.path.join(cfg.run_dir, "slurm"), exist_ok=True)
+        if cfg.launcher.wait and self.trials is not None and _in_grid_sweep():
+            while sum(not run.job.done() for run in self.trials) >= cfg.launcher.array_parallelism:
+                time.sleep(STATE_POLL_S)
+            submitted = submit(config_path, cfg)
+            self.trials.append(submitted)
+            return Outcome(pending=submitted, job_id=submitted.job.job_id)
+        submitted = submit(config_path, cfg)
+        if not cfg.launcher.wait:
+            print(follow_hint(submitted))
+            return Outcome(job_id=submitted.job.job_id)
+        return Outcome(follow(submitted), job_id=submitted.job.job_id)
 
 
-def submit_trial(config_path: str, cfg: DictConfig) -> None:
-    """Submit one trial of a sweep now, keeping at most `launcher.array_parallelism` unfinished."""
-    while sum(not run.job.done() for run in _TRIALS) >= cfg.launcher.array_parallelism:
-        time.sleep(STATE_POLL_S)
-    _TRIALS.append(submit(config_path, cfg))
+def _in_grid_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():  # trainkit resume: no Hydra run
+        return False
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.sweeper._target_.endswith(".BasicSweeper")
 
 
-def follow_trials() -> list[tuple[BaseException, str]]:
+def follow_trials(trials: list[SubmittedRun]) -> list[tuple[BaseException, str]]:
     """Wait for every trial submitted by this sweep; one line per trial as it ends; the failures."""
-    pending, failures = list(_TRIALS), []
-    _TRIALS.clear()
+    pending, failures = list(trials), []
+    trials.clear()
     if pending:
         log.info("following %d SLURM jobs: %s", len(pending), " ".join(run.job.job_id for run in pending))
     try:

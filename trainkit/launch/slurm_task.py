@@ -16,12 +16,12 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from omegaconf import OmegaConf
 
-from trainkit.errors import Interrupted, UserError
+from trainkit.errors import Interrupted
+from trainkit.exits import close_process_group, exit_code, leave
 from trainkit.launch.env import from_environ
 
 log = logging.getLogger("trainkit")
@@ -45,12 +45,11 @@ class SlurmTask:
             # No result file: a requeued job (by us, or by SLURM after its SIGTERM) is followed on
             # to its end; a cancelled one ends CANCELLED, and this record says where it stopped.
             self._record(env, 128 + exc.signum, str(exc), signum=exc.signum)
-            _leave(128 + exc.signum)
+            leave(128 + exc.signum)  # without submitit's result file, which would mark the job finished
         except BaseException as exc:
-            code = 2 if isinstance(exc, UserError) else 1
-            self._record(env, code, f"{type(exc).__name__}: {exc}")
+            self._record(env, exit_code(exc)[0], f"{type(exc).__name__}: {exc}")
             raise
-        _close_process_group()
+        close_process_group(barrier=True)  # gloo can abort at interpreter exit after a clean run
         return results
 
     def checkpoint(self, *args, **kwargs):
@@ -134,21 +133,3 @@ def _read_jsonl(path: str) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def _close_process_group() -> None:
-    """gloo can abort at interpreter exit after a clean run (see the local worker): close it first."""
-    if "torch.distributed" in sys.modules:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
-
-
-def _leave(code: int) -> None:
-    """Exit without writing submitit's result file, which would mark the job finished."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

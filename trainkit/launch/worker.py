@@ -1,13 +1,11 @@
 """One worker process: `python -m trainkit.launch.worker <run_dir>/config.yaml`.
 
 Started by `trainkit.launch.local` (or any launcher that sets torchrun's environment). It runs the
-config file, never argv or Hydra, reports a failure in one line (and to the elastic agent's error
-file, so the parent can name the rank), and leaves with `os._exit`: gloo can abort at interpreter
-exit after a clean run, which would turn a finished run into a failed one.
+config file, never argv or Hydra (trainkit.run), reports a failure in one line (and to the elastic
+agent's error file, so the parent can name the rank), and leaves through `trainkit.exits.leave`.
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import traceback
@@ -15,6 +13,7 @@ import traceback
 
 def main(config_path: str) -> int:
     from trainkit.errors import Interrupted, UserError
+    from trainkit.exits import exit_code, record_worker_traceback
     from trainkit.launch.env import from_environ
     from trainkit.run import run_worker
 
@@ -22,18 +21,17 @@ def main(config_path: str) -> int:
     try:
         run_worker(config_path)
         return 0
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        return exit_code(exc)[0]
     except Interrupted as exc:
         print(f"trainkit (rank {rank}): {exc}", file=sys.stderr)
-        return 128 + exc.signum
+        return exit_code(exc)[0]
     except Exception as exc:  # noqa: BLE001 - the worker's one report
         _record(exc)
         print(f"trainkit: error (rank {rank}): {type(exc).__name__}: {exc}", file=sys.stderr)
         if not isinstance(exc, UserError):  # the traceback goes to the run's log, not to the console
-            with open(os.path.join(os.path.dirname(config_path), "trainkit.log"), "a") as f:
-                f.write(f"rank {rank} failed:\n{traceback.format_exc()}")
-        return 2 if isinstance(exc, UserError) else 1
+            record_worker_traceback(os.path.dirname(config_path), rank)
+        return exit_code(exc)[0]
 
 
 def _record(exc: BaseException) -> None:
@@ -55,14 +53,6 @@ def _record(exc: BaseException) -> None:
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1])
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        import torch.distributed as dist
+    from trainkit.exits import leave
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    finally:
-        os._exit(code)
+    leave(main(sys.argv[1]))

@@ -1,0 +1,85 @@
+"""The parent side of a run: from the composed config to a launched run.
+
+`run_composed` runs once in the parent, inside Hydra (or from `trainkit resume`, on a run's own
+config): resolve the config, check it, write `<run_dir>/config.yaml` with the project it comes from,
+and hand that file to the launcher of `cfg.launcher` (trainkit.launch). The worker side
+(trainkit.run) reads only that file.
+
+Under an outside launcher (torchrun, srun) every rank composed a config; rank 0's file is the
+run's, and each rank runs it in place.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainkit import crossval
+from trainkit.config import check_values
+from trainkit.launch import Outcome, launcher_for
+from trainkit.launch.env import from_environ
+
+
+def run_composed(command: str, cfg: DictConfig, dry_run: bool = False, trials: list | None = None) -> Outcome:
+    """`trials`: the SLURM jobs of the grid sweep this run belongs to (trainkit.launch.launcher_for)."""
+    cfg.command = command
+    if crossval.wants_all_folds(cfg):  # datamodule.folds=k: k runs, one per validation fold, then mean ± std
+        metrics = crossval.run_folds(cfg, lambda fold_cfg: run_composed(command, fold_cfg, dry_run, trials).metrics,
+                                     from_environ().is_worker)
+        return Outcome(metrics)
+    OmegaConf.resolve(cfg)
+    check_values(cfg)
+    run_dir = os.path.abspath(cfg.run_dir)
+    cfg.run_dir = run_dir
+    env = from_environ()
+    launcher = launcher_for(cfg, outside=env.is_worker, trials=trials)
+    if env.is_worker and env.rank != 0:  # started by torchrun or srun: rank 0's run directory is the run's
+        shared = _config_of_rank_zero(env, run_dir)
+        return launcher.launch(shared, OmegaConf.load(shared))
+    if dry_run:
+        print(launcher.plan(cfg))
+        if os.path.isdir(run_dir) and set(os.listdir(run_dir)) <= {".hydra"}:
+            import shutil
+
+            shutil.rmtree(run_dir)  # a dry run leaves no run directory behind
+        return Outcome()
+    config_path = write_config(cfg)
+    if env.is_worker:
+        _config_of_rank_zero(env, run_dir, config_path)
+    return launcher.launch(config_path, cfg)
+
+
+def write_config(cfg: DictConfig) -> str:
+    """`<run_dir>/config.yaml`, the one file every worker reads; an earlier one is kept aside."""
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    config_path = os.path.join(cfg.run_dir, "config.yaml")
+    _keep_previous_config(config_path, cfg)
+    OmegaConf.save(cfg, config_path)
+    return config_path
+
+
+def _config_of_rank_zero(env, own_run_dir: str, config_path: str | None = None) -> str:
+    """Under an outside launcher (torchrun, srun) every rank ran Hydra; rank 0 publishes its config
+    file through the rendezvous store, the others take it and drop the folder Hydra made for them
+    (one run, one directory)."""
+    import shutil
+
+    from trainkit.launch.rendezvous import rendezvous_store
+
+    store = rendezvous_store(env)
+    key = f"trainkit/config/attempt{env.restart_count}"
+    if config_path is not None:
+        store.set(key, config_path)
+        return config_path
+    shared = store.get(key).decode()
+    if os.path.dirname(shared) != own_run_dir and set(os.listdir(own_run_dir)) <= {".hydra"}:
+        shutil.rmtree(own_run_dir, ignore_errors=True)
+    return shared
+
+
+def _keep_previous_config(path: str, cfg: DictConfig) -> None:
+    """A run directory reused (to resume, or for another command) keeps every config it ran with."""
+    if os.path.exists(path) and OmegaConf.load(path) != cfg:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(os.path.getmtime(path)))
+        os.replace(path, os.path.join(os.path.dirname(path), f"config.{stamp}.yaml"))

@@ -53,15 +53,15 @@ def from_run_dir(command: str, args: list[str], debug: bool, dry_run: bool) -> i
         return _fail(EXIT_BAD_INPUT, str(exc), debug, exc)
     if cfg is None:
         return EXIT_OK
-    return _launch(command, cfg, debug, dry_run)
+    return _launch(cfg, debug, dry_run)
 
 
-def _launch(command: str, cfg: DictConfig, debug: bool, dry_run: bool, sweep_dir: str | None = None) -> int:
+def _launch(cfg: DictConfig, debug: bool, dry_run: bool, sweep_dir: str | None = None) -> int:
     from trainkit.cli import report_failure
     from trainkit.compose import run_composed
 
     try:
-        run_composed(command, cfg, dry_run)
+        run_composed(cfg.command, cfg, dry_run)
     except KeyboardInterrupt:
         from trainkit.cli import _fail
 
@@ -321,7 +321,7 @@ def _resume_sweep(sweep_dir: str, overrides: list[str], debug: bool, dry_run: bo
             return _fail(EXIT_BAD_INPUT, f"trial {trial.relative_to(sweep_dir)}: {exc}", debug, exc)
         if cfg is None:
             continue
-        code = _launch("resume", cfg, debug, dry_run, sweep_dir)
+        code = _launch(cfg, debug, dry_run, sweep_dir)
         if code > 128:  # stopped by a signal: no further trial starts
             return code
         codes.append(code)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import metric_rows, run_cli
+from tests.integration.test_slurm import slurm_cluster  # noqa: F401 - the fixture, for the SLURM test
 from tests.project_files import project_env, write_project
 
 
@@ -78,3 +79,34 @@ def test_help_from_a_project_does_not_import_torch(project):
     result = subprocess.run([sys.executable, "-c", code], cwd=project / "work", capture_output=True, text=True,
                             env={**project_env(), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
+
+
+def test_test_of_a_run_directory_takes_its_best_checkpoint(project):
+    run = project / "runs" / "best"
+    # mode=max on a falling loss: the best checkpoint is the first epoch's, not the last one
+    result = tk(project, "fit", "experiment=tiny", "trainer.max_epochs=3", "callbacks.model_checkpoint.mode=max",
+                f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr
+    best = next(p for p in (run / "checkpoints").iterdir() if p.name.startswith("epoch=0-"))
+    assert (run / "checkpoints" / "last").resolve() != best
+
+    result = tk(project, "test", str(run))
+    assert result.returncode == 0, result.stderr
+    assert f"with its best checkpoint by val/loss (max): {best}" in result.stdout
+    assert f"loaded weights from {best}" in result.stdout and "test/loss=" in result.stdout
+    (evaluation,) = run.glob("test_*")
+    assert (evaluation / "metrics.csv").exists()
+    assert "command: fit" in (run / "config.yaml").read_text()  # the run's own config is left as it was
+
+
+@pytest.mark.slurm
+def test_fit_and_resume_on_slurm_from_the_project(project, request):
+    request.getfixturevalue("slurm_cluster")
+    run = project / "runs" / "slurm"
+    result = tk(project, "fit", "experiment=tiny", "launcher=slurm", "trainer.max_epochs=1", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "final validation: val/loss=" in result.stdout
+    result = tk(project, "resume", str(run), "trainer.max_epochs=2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "submitted SLURM job" in result.stdout and "resumed from" in result.stdout
+    assert "epoch 2/2 done" in result.stdout

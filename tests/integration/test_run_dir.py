@@ -1,0 +1,67 @@
+"""`trainkit resume <run_dir>` and `trainkit resume <sweep_dir>`: a run continued from its own folder."""
+from __future__ import annotations
+
+import json
+import signal
+
+from tests.conftest import SMALL_DATA
+from tests.integration.test_resume import BASE, assert_same_run, run_cli
+
+SEVERAL = ["trainer.accumulate_grad_batches=2", "scheduler=cosine", "scheduler.warmup_steps=5", "optimizer.lr=0.005",
+           "model.hidden_size=32"]
+SHORT = [*SMALL_DATA, "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
+
+
+def test_sigterm_mid_epoch_then_resume_from_the_folder_equals_an_uninterrupted_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("fit", *BASE, *SEVERAL, f"hydra.run.dir={a}").returncode == 0
+    stop = ["+callbacks.kill._target_=tests.integration.chaos.SignalAt", "+callbacks.kill.batch=27",
+            "+callbacks.kill.signal=SIGTERM", "+callbacks.kill.fresh_only=true"]
+    result = run_cli("fit", *BASE, *SEVERAL, *stop, f"hydra.run.dir={b}")
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert f"resume with: trainkit resume {b}" in result.stderr
+
+    result = run_cli("resume", str(b))  # nothing retyped
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout and "batch" in result.stdout
+    assert_same_run(a, b)
+
+
+def test_resume_refuses_what_breaks_exactness_and_extends_a_finished_run(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("fit", *SHORT, f"hydra.run.dir={run}").returncode == 0
+
+    refused = run_cli("resume", str(run), "optimizer.lr=0.1")
+    assert refused.returncode == 2 and "optimizer.lr: 0.003 -> 0.1" in refused.stderr, refused.stderr
+    assert "trainer.resume_strict=false" in refused.stderr and "Traceback" not in refused.stderr
+    group = run_cli("resume", str(run), "model=sakt")
+    assert group.returncode == 2 and "model=sakt: choosing a group option composes a new config" in group.stderr
+    unknown = run_cli("resume", str(run), "trainer.max_epoch=3")
+    assert unknown.returncode == 2 and "trainer.max_epoch is not a config key" in unknown.stderr
+
+    done = run_cli("resume", str(run))
+    assert done.returncode == 0 and "completed already" in done.stdout, done.stderr
+    longer = run_cli("resume", str(run), "trainer.max_epochs=2")
+    assert longer.returncode == 0, longer.stderr
+    assert "extending" in longer.stdout and "trainer.max_epochs 1 -> 2" in longer.stdout
+    assert "resumed from" in longer.stdout and "epoch 2/2 done" in longer.stdout
+    assert len(list(run.glob("config.*.yaml"))) == 1  # the config it ran with first, kept aside
+
+
+def test_resume_of_a_sweep_reruns_only_the_trial_that_did_not_complete(tmp_path):
+    sweep = tmp_path / "sweep"
+    boom = ["+callbacks.boom._target_=tests.integration.chaos.RaiseAt", "+callbacks.boom.batch=2,1000"]
+    result = run_cli("fit", "-m", *SHORT, *boom, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 1, result.stderr
+
+    def status(trial):
+        return json.loads((sweep / trial / "results.json").read_text())["status"]
+
+    assert (status("0"), status("1")) == ("failed", "completed")
+    untouched = (sweep / "1" / "results.json").stat().st_mtime_ns
+
+    result = run_cli("resume", str(sweep), "~callbacks.boom")  # without the injected failure
+    assert result.returncode == 0, result.stderr
+    assert "resuming 1 of 2 trials" in result.stdout and result.stdout.count("run directory: ") == 2
+    assert status("0") == "completed"
+    assert (sweep / "1" / "results.json").stat().st_mtime_ns == untouched

@@ -3,13 +3,26 @@
     trainkit fit                                   # the default recipe
     trainkit fit model.hidden_size=128 optimizer.lr=3e-3
     trainkit fit --cfg job                         # print the composed config, run nothing
-    trainkit fit trainer.resume=auto hydra.run.dir=outputs/<model>/<run>    # continue a stopped run
-    trainkit test trainer.resume=outputs/<model>/<run>/checkpoints/last
+    trainkit resume outputs/<model>/<run>          # continue a stopped run from its own config.yaml
+    trainkit resume outputs/<model>/<run> trainer.max_epochs=20             # ... and train it longer
+    trainkit resume multirun/<sweep>               # the trials of a sweep that did not complete
+    trainkit test outputs/<model>/<run>            # evaluate a run with its best checkpoint (validate, predict)
+    trainkit test trainer.resume=outputs/<model>/<run>/checkpoints/last     # any checkpoint, composed config
     trainkit export outputs/<model>/<run>/checkpoints/last model.pt          # plain state_dict
     trainkit fit -m model.hidden_size=64,128 optimizer.lr=1e-3,3e-3          # a sweep: 4 trials
     trainkit fit hparams_search=kt_dkt                                       # an Optuna search
     trainkit sweep-summary multirun/<sweep>        # the table of a sweep's trials, rebuilt from its files
     trainkit tune lr=true batch_size=true          # LR range test, batch-size finder (= tuner.lr=true ...)
+
+Run inside a project (a folder with configs/ and your code, found from the current folder up;
+`--config-dir DIR` or TRAINKIT_CONFIG_DIR name it), its options are layered over the built-in
+ones (trainkit.project) and its root is importable in every worker.
+
+The flow of one run: this module (arguments) -> trainkit.project (which configs) -> Hydra composes
+once -> trainkit.compose (check, write <run_dir>/config.yaml) -> a launcher (trainkit.launch:
+in place, torch's elastic agent, SLURM) -> in each worker trainkit.run (reads config.yaml, builds,
+runs) -> trainkit.exits (exit codes, failure records, how a process leaves). `trainkit resume`
+and `trainkit test <run_dir>` (trainkit.resume) start from a run's config.yaml instead of Hydra.
 
 Nothing here imports torch: `--help` and `--cfg job` stay fast. Exit codes: 0 done, 2 bad config
 or input (the message names the key or file and the fix), 1 training failed, 128 + N stopped by

@@ -260,3 +260,22 @@ def test_the_progress_output_of_an_endless_loader(caplog):
     with caplog.at_level(logging.INFO, logger="trainkit"):
         trainer.fit(Tiny(), DataLoader(Stream(), batch_size=4))
     assert "batch 3/? step 3" in caplog.text  # no TTY: plain lines, with an unknown total
+
+
+def test_a_module_that_defines_its_own_loaders():
+    class Own(Tiny):
+        def train_dataloader(self):
+            return DataLoader(dataset(8), batch_size=4)
+
+        def val_dataloader(self):
+            return [DataLoader(dataset(4), batch_size=4), DataLoader(dataset(4, seed=5), batch_size=4)]
+
+    module = Own()
+    trainer = quiet(max_epochs=1)
+    trainer.fit(module)
+    assert trainer.global_step == 2 and "val/loss/dataloader_idx_1" in trainer.callback_metrics
+    assert len(trainer.validate(module)) == 2
+    with pytest.raises(UserError, match="test_dataloader"):
+        trainer.test(module)
+    # loaders passed in win over the module's own
+    assert len(trainer.validate(module, DataLoader(dataset(4), batch_size=4))) == 1

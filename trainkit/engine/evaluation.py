@@ -28,12 +28,11 @@ def run_stage(
     trainer: Trainer, stage: str, module: TrainModule, dataloaders: Iterable | None, datamodule: DataModule | None
 ) -> list[dict[str, float]]:
     """`trainer.validate` / `trainer.test`: find the loaders, shard them, run the loop."""
+    hook = "val_dataloader" if stage == "validate" else "test_dataloader"
+    dataloaders = loaders.requested(hook, dataloaders, datamodule, module)
     if dataloaders is None:
-        if datamodule is None:
-            raise UserError(f"{stage} needs data: pass dataloaders= or a datamodule")
-        dataloaders = datamodule.val_dataloader() if stage == "validate" else datamodule.test_dataloader()
-    if dataloaders is None:
-        raise UserError(f"{stage}: the datamodule returned no {stage} dataloader")
+        raise UserError(f"{stage} needs data: pass dataloaders=, a datamodule with {hook}(), or define "
+                        f"{hook}() on the module")
     limit = trainer.limit_val_batches if stage == "validate" else trainer.limit_test_batches
     shards, limits = loaders.prepare_eval(trainer, dataloaders, limit)
     return evaluate(trainer, stage, module, shards, limits)
@@ -81,10 +80,10 @@ def evaluate(trainer: Trainer, stage: str, module: TrainModule, shards: list, li
 def predict(trainer: Trainer, module: TrainModule, dataloaders: Iterable | None,
             datamodule: DataModule | None) -> list[Any]:
     """Each batch's `predict_step` output: a list, or one list per loader when there are several."""
+    dataloaders = loaders.requested("predict_dataloader", dataloaders, datamodule, module)
     if dataloaders is None:
-        if datamodule is None:
-            raise UserError("predict needs data: pass dataloaders= or a datamodule")
-        dataloaders = datamodule.predict_dataloader()
+        raise UserError("predict needs data: pass dataloaders=, a datamodule with predict_dataloader(), or define "
+                        "predict_dataloader() on the module")
     shards, limits = loaders.prepare_eval(trainer, dataloaders, trainer.limit_predict_batches)  # each rank its shard
     for loader, limit in zip(shards, limits):
         check_lockstep(trainer, "predict", min(loaders.length(loader), limit))

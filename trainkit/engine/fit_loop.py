@@ -54,7 +54,8 @@ class FitLoop:
         trainer = self.trainer
         train_loader, val_loaders = self.source()
         if train_loader is None:
-            raise UserError("fit needs training data: pass train_dataloaders= or a datamodule")
+            raise UserError("fit needs training data: pass train_dataloaders=, a datamodule, or define "
+                            "train_dataloader() on the module")
         self.train_loader = loaders.distribute(train_loader, trainer, train=True)
         trainer.train_dataloader = self.train_loader
         trainer.num_training_batches = loaders.num_batches(self.train_loader, trainer.limit_train_batches)

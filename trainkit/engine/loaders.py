@@ -72,6 +72,16 @@ def with_last(loader: Iterable, limit: int | float) -> Iterator[tuple[int, Any, 
         pending = following
 
 
+def requested(hook: str, given: Any, datamodule: Any, module: Any) -> Any:
+    """The loaders of a stage in Lightning's order: those passed in, else the datamodule's
+    `<hook>()`, else the module's own `<hook>()` when it defines one; None when there are none."""
+    if given is not None:
+        return given
+    owner = datamodule if datamodule is not None else module
+    fn = getattr(owner, hook, None)
+    return fn() if callable(fn) else None
+
+
 def as_list(loaders: Any) -> list:
     """One loader, a list or tuple of them, or a dict (in its order), as a list; None is none."""
     if loaders is None:

@@ -231,9 +231,8 @@ class Trainer:
     ) -> None:
         def run() -> None:
             def source() -> tuple[Any, Any]:
-                if datamodule is not None:
-                    return datamodule.train_dataloader(), datamodule.val_dataloader()
-                return train_dataloaders, val_dataloaders
+                return (loaders.requested("train_dataloader", train_dataloaders, datamodule, module),
+                        loaders.requested("val_dataloader", val_dataloaders, datamodule, module))
 
             self._data_seed = loaders.shared_data_seed(self.seed, self.strategy)
             loop = FitLoop(self, module, source, self._signals)  # asks `source` for the loaders

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
+import time
 
-from tests.conftest import SMALL_DATA
+from tests.conftest import ROOT, SMALL_DATA
 from tests.integration.test_resume import BASE, assert_same_run, run_cli
 
 SEVERAL = ["trainer.accumulate_grad_batches=2", "scheduler=cosine", "scheduler.warmup_steps=5", "optimizer.lr=0.005",
@@ -65,3 +69,26 @@ def test_resume_of_a_sweep_reruns_only_the_trial_that_did_not_complete(tmp_path)
     assert "resuming 1 of 2 trials" in result.stdout and result.stdout.count("run directory: ") == 2
     assert status("0") == "completed"
     assert (sweep / "1" / "results.json").stat().st_mtime_ns == untouched
+
+
+def test_sigterm_to_the_launcher_of_two_processes_is_a_stop_and_the_run_resumes(tmp_path):
+    """The elastic agent itself gets the signal (FINDINGS: it forwards it, then raises): a stop with
+    a checkpoint and exit 143, not a failure."""
+    run = tmp_path / "run"
+    args = [*SMALL_DATA, "trainer.devices=2", "trainer.max_epochs=1", "trainer.checkpoint_every_n_steps=2",
+            "+callbacks.pace._target_=tests.integration.chaos.Pace", "+callbacks.pace.seconds=0.2", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, "-m", "trainkit", "fit", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and f"resume with: trainkit resume {run}" in err
+    assert "training failed" not in err
+
+    result = run_cli("resume", str(run))
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout

@@ -268,9 +268,9 @@ def load_model_weights(path: str, model: torch.nn.Module) -> None:
     model.load_state_dict(state["model"])
 
 
-def export_model(path: str, out_file: str) -> int:
-    """Write the model's plain `state_dict` (one torch.save file) for inference elsewhere, without
-    building the model. Returns the number of tensors written."""
+def read_model_weights(path: str) -> dict[str, torch.Tensor]:
+    """The model's whole `state_dict` from a checkpoint folder (on the CPU), without building the
+    model and whatever the number of processes that saved it."""
     metadata = _SafeReader(os.path.join(path, "state")).read_metadata()
     # DCP stores {"model": {"lstm.weight": ...}} under flat keys "model.lstm.weight"; a template
     # of the same nesting, made from the metadata, loads it.
@@ -280,10 +280,80 @@ def export_model(path: str, out_file: str) -> int:
         if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)
     }
     _dcp_load({"model": weights}, path)
+    return weights
+
+
+def export_model(path: str, out_file: str) -> int:
+    """Write the model's plain `state_dict` (one torch.save file) for inference elsewhere, without
+    building the model. Returns the number of tensors written."""
+    weights = read_model_weights(path)
     tmp = out_file + ".tmp"
     _save_file(weights, tmp)
     os.replace(tmp, out_file)
     return len(weights)
+
+
+# -- single-file checkpoints, for handing a model around ---------------------------------------------
+# One torch file of plain values (loadable with weights_only=True), in Lightning's key names:
+#   {"format": "trainkit.ckpt/1", "state_dict": {name: tensor}, "hyper_parameters": {...},
+#    "hparams_name": "kwargs" | <argument name> | None, "datamodule_hyper_parameters": {...},
+#    "epoch": int, "global_step": int}
+# It holds no optimizer, schedule, counters' detail or RNG: runs resume from checkpoint folders.
+FILE_FORMAT = "trainkit.ckpt/1"
+FILE_SUFFIXES = (".ckpt", ".pt", ".pth")
+
+
+def is_single_file(path: str) -> bool:
+    return str(path).endswith(FILE_SUFFIXES)
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's whole state_dict on the CPU, gathered from every rank under FSDP (every rank
+    calls this; under FSDP only rank zero gets the tensors)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_single_file(path: str, state_dict: dict[str, torch.Tensor], **fields: Any) -> str:
+    """Write a single-file checkpoint atomically (under a temporary name, then renamed)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    contents = {"format": FILE_FORMAT, "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, **fields}
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+    _save_file(contents, tmp)
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+    return path
+
+
+def read_checkpoint(path: str, map_location: Any = None) -> dict[str, Any]:
+    """A checkpoint's weights and hyper-parameters in the single-file layout above, from a
+    single file or from a checkpoint folder (`last`, a run's `checkpoints/` also do)."""
+    resolved = resolve(path)
+    if os.path.isfile(resolved):
+        try:
+            return torch.load(resolved, map_location=map_location, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch names what it could not read
+            raise UserError(f"{path} is not a readable checkpoint file: {str(exc).splitlines()[0]}") from exc
+    problem = verify(resolved)
+    if problem is not None:
+        raise UserError(f"checkpoint {path}: {problem}")
+    trainer_state = torch.load(os.path.join(resolved, "trainer.pt"), map_location="cpu", weights_only=True)
+    weights = read_model_weights(resolved)
+    if map_location is not None:
+        if not isinstance(map_location, (str, torch.device)):
+            raise UserError("map_location for a checkpoint folder must be a device (a str or torch.device)")
+        weights = {k: v.to(map_location) for k, v in weights.items()}
+    progress = trainer_state.get("progress", {})
+    return {
+        "format": FILE_FORMAT,
+        "state_dict": weights,
+        **{k: trainer_state[k] for k in ("hyper_parameters", "hparams_name", "datamodule_hyper_parameters")
+           if k in trainer_state},
+        "epoch": progress.get("epoch", 0),
+        "global_step": progress.get("global_step", 0),
+    }
 
 
 def _dcp_load(state: dict[str, Any], path: str) -> None:

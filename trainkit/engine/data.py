@@ -14,13 +14,19 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from trainkit.engine.hparams import HyperparametersMixin, load_datamodule
 from trainkit.errors import ConfigError, UserError
 
 
-class DataModule:
+class DataModule(HyperparametersMixin):
     # Set by the Trainer while it runs this DataModule (a class attribute: subclasses need not
     # call super().__init__()).
     trainer: Any = None
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str, **overrides: Any):
+        """The datamodule rebuilt from a checkpoint's saved datamodule hyper-parameters."""
+        return load_datamodule(cls, checkpoint_path, overrides)
 
     def prepare_data(self) -> None:
         """Download or generate files. Runs once per machine, before `setup`."""

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from trainkit.engine.hparams import HyperparametersMixin, load_module
+
 if TYPE_CHECKING:
     from trainkit.engine.trainer import Trainer
 
 
-class TrainModule(nn.Module):
+class TrainModule(HyperparametersMixin, nn.Module):
     def __init__(self) -> None:
         super().__init__()
         # Plain attribute, not a submodule: the Trainer is not part of the model's state.
@@ -77,6 +79,12 @@ class TrainModule(nn.Module):
     def on_validation_epoch_end(self) -> None: ...
     def on_test_epoch_start(self) -> None: ...
     def on_test_epoch_end(self) -> None: ...
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str, map_location: Any = None, strict: bool = True, **overrides: Any):
+        """The module rebuilt from a checkpoint's saved hyper-parameters (`overrides` win), with its
+        weights: a checkpoint folder or a single `.ckpt` file (trainkit.engine.hparams)."""
+        return load_module(cls, checkpoint_path, map_location, strict, overrides)
 
     # -- what the Trainer provides -------------------------------------------------------------
     @property

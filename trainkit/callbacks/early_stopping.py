@@ -57,6 +57,7 @@ class EarlyStopping(Callback):
         self.stopped_epoch = 0
         self.best_score = torch.tensor(math.inf if mode == "min" else -math.inf, dtype=torch.float64)
         self.stopping_reason_message: str | None = None
+        self._checked_step = -1  # one check per step: a resumed epoch end that re-runs has nothing new
 
     @property
     def monitor_op(self):
@@ -76,9 +77,12 @@ class EarlyStopping(Callback):
 
     @staticmethod
     def _skip(trainer) -> bool:
-        return trainer.state.stage != "fit" or trainer.sanity_checking
+        return trainer.state.stage != "fit"  # (also skips the sanity check)
 
     def _run_early_stopping_check(self, trainer) -> None:
+        if trainer.global_step == self._checked_step:
+            return
+        self._checked_step = trainer.global_step
         logs = trainer.callback_metrics
         if self.monitor not in logs:
             message = (f"Early stopping conditioned on metric {self.monitor!r}, which is not available. Logged: "
@@ -127,10 +131,11 @@ class EarlyStopping(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"wait_count": self.wait_count, "stopped_epoch": self.stopped_epoch, "best_score": self.best_score,
-                "patience": self.patience}
+                "patience": self.patience, "checked_step": self._checked_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.wait_count = state["wait_count"]
         self.stopped_epoch = state["stopped_epoch"]
         self.best_score = state["best_score"]
         self.patience = state["patience"]
+        self._checked_step = state["checked_step"]

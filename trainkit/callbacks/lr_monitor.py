@@ -6,8 +6,8 @@
     <name>                           a scheduler config's "name" replaces "lr-<OptimizerClass>"
     ...-momentum, ...-weight_decay   with log_momentum / log_weight_decay (Adam's betas[0] as momentum)
 
-`logging_interval="step"` logs every `log_every_n_steps` optimizer steps, `"epoch"` at each epoch's
-start, None by each scheduler's own interval (optimizers without a scheduler: every logged step).
+`logging_interval="step"` logs every `log_every_n_steps` optimizer steps (just before the step),
+`"epoch"` at each epoch's start, None by each scheduler's own interval (optimizers without a scheduler: every logged step).
 A step's values go into the row of the step that uses them, with that step's loss. They go to the
 loggers only (not `callback_metrics`), as in Lightning.
 """
@@ -32,8 +32,10 @@ class LearningRateMonitor(Callback):
         self.lrs: dict[str, list[float]] = {}  # every value logged, by key (as Lightning keeps them)
         self._logged_step = -1
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        step = trainer.global_step + 1  # the step about to run, whose row holds its loss
+    def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+        # The rates the step about to run uses, logged in its row (with its loss); once per step
+        # even when manual optimization steps several optimizers.
+        step = trainer.global_step + 1
         if self.logging_interval == "epoch" or step == self._logged_step or step % trainer.log_every_n_steps:
             return
         self._logged_step = step

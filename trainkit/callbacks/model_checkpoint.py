@@ -13,8 +13,8 @@ off). Old checkpoints are deleted only after a new one is published.
 
 Names: `filename` is a template as in Lightning — `"{epoch}-{val/loss:.2f}"` gives
 `epoch=3-val_loss=0.12` (`auto_insert_metric_name`; a `/` in a metric's name becomes `_`, since a
-checkpoint is one folder). By default `epoch=<E>-step=<N>`, with `-<monitor>=<value:.4f>` once the
-monitor is logged. A name always carries `step=<N>` (added when the template has none): resume
+checkpoint is one folder). By default `epoch=<E>-step=<N>`, with `-<monitor>=<value:.4f>` when a
+validation ran at that step. A name always carries `step=<N>` (added when the template has none): resume
 and the `last` rules order checkpoints by it. Checkpoints are folders (exact resume);
 `save_weights_only=True` writes single `.ckpt` files instead (weights and hyper-parameters, see
 `trainkit.checkpoint`), which cannot resume a run and so never become `last`.
@@ -98,6 +98,7 @@ class ModelCheckpoint(Callback):
         self._saved: list[str] = []  # every checkpoint of this callback still on disk, oldest first
         self._last_global_step_saved = 0  # no checkpoint before the first step
         self._validated = False  # a missing monitor is an error once validation has run
+        self._validated_step = -1  # the step of the latest validation during fit
 
     # -- when ------------------------------------------------------------------------------------
     def setup(self, trainer, module, stage) -> None:
@@ -114,9 +115,9 @@ class ModelCheckpoint(Callback):
             self.save(trainer)
 
     def on_validation_end(self, trainer, module) -> None:
-        if trainer.state.stage != "fit" or trainer.sanity_checking:
+        if trainer.state.stage != "fit":  # (also skips the sanity check)
             return
-        self._validated = True
+        self._validated, self._validated_step = True, trainer.global_step
         if not self._save_at_epoch_end(trainer) and self._epoch_due(trainer):
             self.save(trainer)
 
@@ -141,7 +142,11 @@ class ModelCheckpoint(Callback):
             return None  # (fast_dev_run saves nothing, as in Lightning)
         metrics = self._monitor_candidates(trainer)
         current = self._current(metrics)
-        path = os.path.join(self.dirpath, self.format_checkpoint_name(metrics))
+        # Ranked by the monitor's latest value (as Lightning), but the default name shows it only
+        # when a validation ran at this very step.
+        fresh = self._validated_step == step
+        template = self.filename or self._default_template(metrics if fresh else {})
+        path = os.path.join(self.dirpath, self.format_checkpoint_name(metrics, template))
         if self.save_weights_only:
             path += ".ckpt"
         self._last_global_step_saved = step  # part of the saved state: a resumed run does not save it twice
@@ -228,11 +233,7 @@ class ModelCheckpoint(Callback):
     def format_checkpoint_name(self, metrics: dict[str, Any], filename: str | None = None) -> str:
         """The checkpoint's name (no folder) for these metrics: `filename`'s fields filled in, a
         missing metric as 0 (as Lightning), and `-step=<N>` added when the name has no step."""
-        template = filename or self.filename
-        if not template:
-            template = "{epoch}-{step}"
-            if self.monitor is not None and self.monitor in metrics:
-                template += "-{" + self.monitor + ":.4f}"
+        template = filename or self.filename or self._default_template(metrics)
 
         def fill(match: re.Match) -> str:
             name, spec = match[1], (match[2] or ":")[1:]
@@ -249,6 +250,11 @@ class ModelCheckpoint(Callback):
             name += f"{self.CHECKPOINT_JOIN_CHAR}step={int(metrics.get('step', 0))}"
         return name
 
+    def _default_template(self, metrics: dict[str, Any]) -> str:
+        if self.monitor is not None and self.monitor in metrics:
+            return "{epoch}-{step}-{" + self.monitor + ":.4f}"
+        return "{epoch}-{step}"
+
     # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -264,6 +270,7 @@ class ModelCheckpoint(Callback):
             "saved": list(self._saved),
             "last_global_step_saved": self._last_global_step_saved,
             "validated": self._validated,
+            "validated_step": self._validated_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -282,3 +289,4 @@ class ModelCheckpoint(Callback):
         self._saved = list(state["saved"])
         self._last_global_step_saved = state["last_global_step_saved"]
         self._validated = state["validated"]
+        self._validated_step = state["validated_step"]

@@ -86,10 +86,10 @@ class Timer(Callback):
         self._end("train")
 
     def on_validation_start(self, trainer, module) -> None:
-        self._start("sanity_check" if trainer.sanity_checking else "validate")
+        self._start("sanity_check" if trainer.state.stage == "sanity_check" else "validate")
 
     def on_validation_end(self, trainer, module) -> None:
-        self._end("sanity_check" if trainer.sanity_checking else "validate")
+        self._end("sanity_check" if trainer.state.stage == "sanity_check" else "validate")
 
     def on_test_start(self, trainer, module) -> None:
         self._start("test")

@@ -22,6 +22,7 @@ from trainkit.engine import arguments, evaluation, loaders, optimization, traine
 from trainkit.engine.callback import Callback, overrides
 from trainkit.engine.data import DataModule
 from trainkit.engine.fit_loop import FitLoop
+from trainkit.engine.hparams import logged_hparams
 from trainkit.engine.metric_store import MetricStore
 from trainkit.engine.module import TrainModule
 from trainkit.engine.optimizers import SchedulerConfig
@@ -145,7 +146,7 @@ class Trainer:
         self.metrics = MetricStore()
         self.callbacks = _with_default_callbacks(
             arguments.as_list(callbacks), enable_progress_bar, enable_checkpointing, self.default_root_dir,
-            checkpoint_every_n_steps,
+            checkpoint_every_n_steps, self.enable_model_summary,
         )
         # fast_dev_run logs nothing (and ModelCheckpoint saves nothing), as in Lightning
         self.loggers = _make_loggers(logger, self.default_root_dir) if self.is_global_zero and not self.fast_dev_run else []
@@ -266,9 +267,11 @@ class Trainer:
         return self._run(module, datamodule, "predict",
                          lambda: evaluation.predict(self, module, dataloaders, datamodule))
 
-    def save_checkpoint(self, name: str | None = None) -> str:
-        """Save a complete checkpoint in `checkpoint_dir` (named after epoch and step by default)."""
-        return trainer_state.save_checkpoint(self, name)
+    def save_checkpoint(self, filepath: str | None = None, weights_only: bool = False) -> str:
+        """A checkpoint folder for exact resume (in `checkpoint_dir`, named after epoch and step by
+        default), or one `.ckpt` file of weights and hyper-parameters for a path ending in .ckpt,
+        .pt or .pth (trainkit.checkpoint). Every rank calls it."""
+        return trainer_state.save_checkpoint(self, filepath, weights_only)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything beyond model and optimizer that resume needs (trainer_state.py)."""
@@ -290,6 +293,7 @@ class Trainer:
     def _run(self, module: TrainModule, datamodule: DataModule | None, stage: str, body: Callable[[], Any]) -> Any:
         self.state.stage = stage
         object.__setattr__(module, "_trainer", self)
+        self.datamodule = datamodule
         # In one process the metric store skips the reduction (and its packing) altogether.
         self.metrics.reduce_sum = self.strategy.all_reduce_sum if self.strategy.world_size > 1 else None
         self.metrics.world_size = self.strategy.world_size
@@ -326,6 +330,7 @@ class Trainer:
         try:
             for cb in self.callbacks:
                 cb.setup(self, module, stage)
+            self._log_hyperparams(module, datamodule)
             result = body()
             status = "success"
             return result
@@ -343,6 +348,12 @@ class Trainer:
                 if self.is_global_zero:
                     print(report, flush=True)
             self.strategy.teardown()
+
+    def _log_hyperparams(self, module: TrainModule, datamodule: DataModule | None) -> None:
+        values = logged_hparams(module, datamodule)
+        if values:
+            for lg in self.loggers:
+                lg.log_hyperparams(values)
 
     def _call(self, hook: str) -> None:
         for cb in self.callbacks:
@@ -381,11 +392,15 @@ class Trainer:
 
 
 def _with_default_callbacks(
-    callbacks: list[Callback], progress_bar: bool, checkpointing: bool, root_dir: str, every_n_steps: int | None
+    callbacks: list[Callback], progress_bar: bool, checkpointing: bool, root_dir: str, every_n_steps: int | None,
+    model_summary: bool,
 ) -> list[Callback]:
     from trainkit.callbacks.model_checkpoint import ModelCheckpoint
+    from trainkit.callbacks.model_summary import ModelSummary
     from trainkit.callbacks.progress import ProgressBar
 
+    if model_summary and not any(isinstance(cb, ModelSummary) for cb in callbacks):
+        callbacks.insert(0, ModelSummary())
     if progress_bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.insert(0, ProgressBar())
     if checkpointing and not any(isinstance(cb, ModelCheckpoint) for cb in callbacks):

@@ -7,12 +7,15 @@ streams. Resuming refuses a checkpoint whose settings differ, unless `resume_str
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from trainkit.callbacks.weight_averaging import WeightAveraging
 from trainkit.engine.callback import Callback
+from trainkit.engine.hparams import checkpoint_fields
 from trainkit.engine.rng import capture_rng
 from trainkit.engine.samplers import GlobalBatchSampler
 from trainkit.engine.state import TrainState
@@ -37,7 +40,11 @@ def state_dict(trainer: Trainer) -> dict[str, Any]:
         "precision": trainer.precision.state_dict(),
         "callbacks": {key: cb.state_dict() for key, cb in keyed_callbacks(trainer.callbacks)},
         "metrics": trainer.metrics.state_dict(),
+        # The epoch end a run resumed at that point replays sees what the uninterrupted run's saw
+        # (early stopping and checkpoints decide on these).
+        "callback_metrics": dict(trainer.callback_metrics),
         "settings": settings(trainer),
+        **checkpoint_fields(trainer._module, trainer.datamodule),
     }
 
 
@@ -65,6 +72,7 @@ def load_state_dict(trainer: Trainer, state: dict[str, Any]) -> None:
         if key in saved:
             cb.load_state_dict(saved[key])
     trainer.metrics.load_state_dict(state["metrics"])
+    trainer.metrics.callback_metrics.update(state.get("callback_metrics", {}))
 
 
 def keyed_callbacks(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
@@ -92,23 +100,49 @@ def settings(trainer: Trainer) -> dict[str, Any]:
     }
 
 
-def save_checkpoint(trainer: Trainer, name: str | None = None) -> str:
+def save_checkpoint(trainer: Trainer, filepath: str | None = None, weights_only: bool = False) -> str:
+    """A checkpoint folder (`filepath` a name in `checkpoint_dir` or a path; by default named after
+    epoch and step), or a single file for a path ending in .ckpt/.pt/.pth. Weight-averaging
+    callbacks put their averaged weights in as the model's for the time of the save."""
     from trainkit import checkpoint
 
-    for lg in trainer.loggers:  # what was logged up to this step is on disk before the checkpoint
-        lg.flush()
-    os.makedirs(trainer.checkpoint_dir, exist_ok=True)
-    return checkpoint.save(
-        trainer.checkpoint_dir,
-        name or f"epoch={trainer.state.epoch}-step={trainer.state.global_step}",
-        model=trainer.model,
-        optimizers=trainer.optimizers,
-        trainer_state=state_dict(trainer),
-        rank_state={"rng": capture_rng(), "epoch_rng": trainer._epoch_rng},
-        rank=trainer.strategy.global_rank,
-        is_global_zero=trainer.is_global_zero,
-        barrier=trainer.strategy.barrier,
-    )
+    with contextlib.ExitStack() as stack:
+        for cb in trainer.callbacks:
+            if isinstance(cb, WeightAveraging):
+                stack.enter_context(cb.averaged_weights())
+        if filepath is not None and checkpoint.is_single_file(filepath):
+            return _save_single_file(trainer, filepath)
+        if weights_only:
+            raise UserError(f"save_checkpoint({filepath!r}, weights_only=True) writes a single file: give a path "
+                            f"ending in {' / '.join(checkpoint.FILE_SUFFIXES)}")
+        for lg in trainer.loggers:  # what was logged up to this step is on disk before the checkpoint
+            lg.flush()
+        name = filepath or f"epoch={trainer.state.epoch}-step={trainer.state.global_step}"
+        directory = os.path.dirname(os.path.abspath(name)) if os.sep in name else trainer.checkpoint_dir
+        os.makedirs(directory, exist_ok=True)
+        return checkpoint.save(
+            directory,
+            os.path.basename(name),
+            model=trainer.model,
+            optimizers=trainer.optimizers,
+            trainer_state=state_dict(trainer),
+            rank_state={"rng": capture_rng(), "epoch_rng": trainer._epoch_rng},
+            rank=trainer.strategy.global_rank,
+            is_global_zero=trainer.is_global_zero,
+            barrier=trainer.strategy.barrier,
+        )
+
+
+def _save_single_file(trainer: Trainer, path: str) -> str:
+    from trainkit import checkpoint
+
+    weights = checkpoint.full_model_state(trainer.model)  # a collective under FSDP
+    path = os.path.abspath(os.path.expanduser(path))
+    if trainer.is_global_zero:
+        checkpoint.save_single_file(path, weights, epoch=trainer.current_epoch, global_step=trainer.global_step,
+                                    **checkpoint_fields(trainer._module, trainer.datamodule))
+    trainer.strategy.barrier()
+    return path
 
 
 def checkpoint_to_load(trainer: Trainer) -> str | None:

@@ -35,8 +35,9 @@ class TensorBoardLogger:
     def log_hyperparams(self, params: dict[str, Any]) -> None:
         # Kept until the first metrics are written, so that start-up does not wait for the
         # tensorboard import.
-        self._params = params
-        self._hparams = hparams_of(params)
+        # Several calls (the CLI's config, then the module's save_hyperparameters) add up.
+        self._params = {**(self._params or {}), **params}
+        self._hparams = {**self._hparams, **hparams_of(params)}
 
     def _write_params(self, step: int) -> None:
         import yaml

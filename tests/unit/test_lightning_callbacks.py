@@ -51,6 +51,8 @@ class Scripted(TrainModule):
         self.log("val/mse", F.mse_loss(self(x), y), batch_size=len(x))
 
     def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking:
+            return
         if self.scores:
             self.log("val/loss", self.scores[min(self.validations, len(self.scores) - 1)])
         self.validations += 1

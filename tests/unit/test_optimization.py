@@ -438,3 +438,38 @@ def test_a_checkpoint_with_another_number_of_optimizers_is_refused(tmp_path):
     Trainer(max_steps=2, **common).fit(GAN(), train_dataloaders=gan_loader())
     with pytest.raises(UserError, match="2 optimizers.*1"):
         Trainer(max_steps=4, resume="auto", **common).fit(OneOptimizer(), train_dataloaders=gan_loader())
+
+
+def test_a_module_s_own_optimizer_step_and_zero_grad_run_the_automatic_step():
+    seen, zeroed = [], []
+
+    class WarmUp(Regressor):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+            for group in optimizer.param_groups:  # Lightning's documented warm-up
+                group["lr"] = 0.1 * min(1.0, (self.trainer.global_step + 1) / 4)
+            optimizer.step(closure=optimizer_closure)
+
+        def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+            zeroed.append(batch_idx)
+            optimizer.zero_grad()
+
+    class Lr(Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            seen.append(optimizer.param_groups[0]["lr"])
+
+    module = WarmUp(sgd)
+    quiet(max_steps=6, callbacks=[Lr()]).fit(module, train_dataloaders=loader())
+    assert seen == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1]) and zeroed == [0, 1, 2, 3, 0, 1]
+
+
+def test_an_optimizer_step_that_does_not_step_leaves_the_weights_but_counts():
+    class Frozen(Regressor):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+            optimizer_closure()
+
+    torch.manual_seed(0)
+    module = Frozen(sgd)
+    start = module.net.weight.detach().clone()
+    trainer = quiet(max_steps=3)
+    trainer.fit(module, train_dataloaders=loader())
+    assert trainer.global_step == 3 and torch.equal(module.net.weight, start)

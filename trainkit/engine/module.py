@@ -66,6 +66,15 @@ class TrainModule(HyperparametersMixin, nn.Module):
         else:
             scheduler.step(metric)
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Called for each automatic optimizer step when overridden (a learning-rate warm-up, say);
+        call `optimizer.step(closure=optimizer_closure)` in it. Forward and backward ran already."""
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        """Called after each automatic optimizer step when overridden."""
+        optimizer.zero_grad()
+
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:

@@ -54,9 +54,17 @@ def configure_optimizers(trainer: Trainer, module: TrainModule) -> None:
             f"{type(module).__name__} has no optimizer: define configure_optimizers() or pass Trainer(optimizer=...)"
         )
     trainer.optimizers, trainer.lr_scheduler_configs = forms.parse(result, automatic, type(module).__name__)
-    trainer._step_through = [forms.StepThrough(opt, partial(manual_step, trainer)) for opt in trainer.optimizers]
+    step = partial(manual_step if not automatic else _handle_step, trainer)
+    trainer._step_through = [forms.StepThrough(opt, step) for opt in trainer.optimizers]
     trainer._unsynced = set()
-    trainer._clips_itself = type(module).configure_gradient_clipping is not TrainModule.configure_gradient_clipping
+    # Lightning hooks a module may override to change the automatic step; looked up once.
+    trainer._clips_itself = _overrides(module, "configure_gradient_clipping")
+    trainer._steps_itself = _overrides(module, "optimizer_step")
+    trainer._zeroes_itself = _overrides(module, "optimizer_zero_grad")
+
+
+def _overrides(module: TrainModule, hook: str) -> bool:
+    return getattr(type(module), hook) is not getattr(TrainModule, hook)
 
 
 def _check_manual(trainer: Trainer) -> None:
@@ -92,18 +100,24 @@ def estimate_stepping_batches(trainer: Trainer) -> int | float:
 # -- automatic optimization -----------------------------------------------------------------------
 def optimizer_step(trainer: Trainer, batch_idx: int, last_batch: bool) -> None:
     """One automatic optimizer step on the accumulated gradients, then the schedulers due now
-    (those of interval "epoch" at the epoch's last batch: before its validation and checkpoint)."""
+    (those of interval "epoch" at the epoch's last batch: before its validation and checkpoint).
+    A module's own `optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)` runs instead
+    when it defines one (its `optimizer.step(closure=...)` does the rest; the closure has nothing
+    left to do: forward and backward ran already)."""
     module = trainer._module
     stepped = True
-    for optimizer in trainer.optimizers:  # one, or none when configure_optimizers returned None
-        if trainer._clips_itself:
-            module.configure_gradient_clipping(optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
-        elif trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
-            _clip(trainer, optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
-        for cb in trainer._batch_hooks["on_before_optimizer_step"]:
-            cb.on_before_optimizer_step(trainer, module, optimizer)
-        stepped = trainer.precision.optimizer_step(optimizer)
-        optimizer.zero_grad(set_to_none=True)
+    for handle in trainer._step_through:  # one, or none when configure_optimizers returned None
+        optimizer = handle.optimizer
+        if trainer._steps_itself:
+            trainer._stepped = True
+            module.optimizer_step(trainer.state.epoch, batch_idx, handle, _nothing)
+            stepped = trainer._stepped
+        else:
+            stepped = _automatic_step(trainer, optimizer)
+        if trainer._zeroes_itself:
+            module.optimizer_zero_grad(trainer.state.epoch, batch_idx, optimizer)
+        else:
+            optimizer.zero_grad(set_to_none=True)
     trainer.state.global_step += 1
     configs = trainer.lr_scheduler_configs
     if configs:
@@ -112,6 +126,29 @@ def optimizer_step(trainer: Trainer, batch_idx: int, last_batch: bool) -> None:
                                   module.lr_scheduler_step)
         if last_batch:
             epoch_schedulers(trainer, plateau=False)
+
+
+def _automatic_step(trainer: Trainer, optimizer: torch.optim.Optimizer) -> bool:
+    """Clip, hooks, step; False when the GradScaler skipped the step."""
+    if trainer._clips_itself:
+        trainer._module.configure_gradient_clipping(optimizer, trainer.gradient_clip_val,
+                                                    trainer.gradient_clip_algorithm)
+    elif trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
+        _clip(trainer, optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+    for cb in trainer._batch_hooks["on_before_optimizer_step"]:
+        cb.on_before_optimizer_step(trainer, trainer._module, optimizer)
+    return trainer.precision.optimizer_step(optimizer)
+
+
+def _handle_step(trainer: Trainer, optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None) -> Any:
+    """`optimizer.step()` inside a module's own `optimizer_step` (automatic optimization)."""
+    result = closure() if closure is not None else None
+    trainer._stepped = _automatic_step(trainer, optimizer)
+    return result
+
+
+def _nothing() -> None:
+    return None
 
 
 def plateau_step(trainer: Trainer, batch_idx: int) -> None:

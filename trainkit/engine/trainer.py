@@ -156,7 +156,9 @@ class Trainer:
         self.lr_scheduler_configs: list[SchedulerConfig] = []
         self._step_through: list[Any] = []  # what module.optimizers() hands out (optimization.py)
         self._unsynced: set[int] = set()  # optimizers with gradients of a manual backward not yet averaged
-        self._clips_itself = False  # the module overrides configure_gradient_clipping
+        # The module overrides configure_gradient_clipping / optimizer_step / optimizer_zero_grad.
+        self._clips_itself = self._steps_itself = self._zeroes_itself = False
+        self._stepped = True  # whether the last automatic step went through (the GradScaler may skip it)
         self.num_training_batches: int | float = 0
         self.num_val_batches: list[int | float] = []  # per val loader, as in Lightning
         self.estimated_stepping_batches: int | float = 0

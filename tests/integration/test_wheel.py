@@ -105,3 +105,14 @@ def test_installed_trainkit_trains_a_real_data_experiment(installed, tmp_path):
     assert fit.returncode == 0, fit.stdout[-2000:] + fit.stderr[-3000:]
     assert f"path: {DATA}/uci_dropout" in (run / "config.yaml").read_text()
     assert "val/auc=" in fit.stdout
+
+
+def test_installed_trainkit_init_then_fit_in_the_project(installed, tmp_path):
+    """A user's first five minutes: the console script, a new project, `trainkit fit` inside it."""
+    init = _trainkit(installed, tmp_path, "init", "my_kt")
+    assert init.returncode == 0, init.stderr
+    project = tmp_path / "my_kt"
+    run = tmp_path / "run"
+    fit = _trainkit(installed, project, "fit", *SMALL_DATA, "debug=fast_dev_run", f"hydra.run.dir={run}")
+    assert fit.returncode == 0, fit.stdout[-2000:] + fit.stderr[-3000:]
+    assert "_target_: my_kt.model.DKT" in (run / "config.yaml").read_text()  # the project's copy, not trainkit's

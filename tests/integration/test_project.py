@@ -1,6 +1,7 @@
 """Your own project: a folder outside the repository with its configs and code, run from below it."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -45,6 +46,16 @@ def test_fit_with_two_processes_imports_the_project_in_every_worker(project):
     result = tk(project, "fit", "experiment=tiny", "trainer.devices=2", "trainer.max_epochs=1", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "final validation: val/loss=" in result.stdout
+
+
+def test_an_outside_torchrun_imports_the_project_in_every_rank(project):
+    run = project / "runs" / "torchrun"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "trainkit", "fit",
+           "experiment=tiny", "trainer.devices=2", "trainer.max_epochs=1", f"hydra.run.dir={run}"]
+    result = subprocess.run(cmd, cwd=project / "work", capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **project_env()})
+    assert result.returncode == 0, result.stderr
+    assert "final validation: val/loss=" in result.stdout and (run / "config.yaml").exists()
 
 
 def test_config_dir_from_anywhere_and_a_bad_one(project, tmp_path):

@@ -75,3 +75,19 @@ def test_init_does_not_import_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "p" / "p" / "model.py").is_file()
+
+
+def test_every_recipe_folder_imports_only_trainkit_and_itself():
+    import ast
+
+    from trainkit.builtin import recipe_dir
+
+    for recipe in RECIPES:
+        for path in recipe_dir(recipe).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom):
+                    assert node.level <= 1, f"{path}: imports from outside its folder"
+                    names = [node.module or ""] if node.level == 0 else []
+                for name in names:
+                    assert not name.startswith(("recipes", "trainkit.recipes")), f"{path} imports {name}"

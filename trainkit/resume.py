@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from trainkit.errors import ConfigError, UserError
-from trainkit.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, record_failure
+from trainkit.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, record_failure
 
 log = logging.getLogger("trainkit")
 
@@ -65,7 +65,7 @@ def _launch(cfg: DictConfig, debug: bool, dry_run: bool, sweep_dir: str | None =
     except KeyboardInterrupt:
         from trainkit.cli import _fail
 
-        return _fail(130, "interrupted")
+        return _fail(EXIT_INTERRUPTED, "interrupted")
     except Exception as exc:  # noqa: BLE001 - one report, as for trainkit fit
         record_failure(exc, cfg.run_dir)
         return report_failure(exc, cfg.run_dir, debug, sweep_dir)
@@ -77,17 +77,19 @@ def prepare(command: str, run_dir: str, overrides: list[str]) -> DictConfig | No
     nothing left to do."""
     run_dir = os.path.abspath(run_dir)
     saved = load_run_config(run_dir)
-    cfg = OmegaConf.create(OmegaConf.to_container(saved))
-    cfg = _typed(cfg, run_dir)
+    cfg = _typed(saved, run_dir)  # a copy: `saved` stays what the checkpoints were made with
     apply_overrides(cfg, overrides, run_dir)
     if command == "resume":
+        if (saved.get("command") or "fit") != "fit":
+            raise UserError(f"{run_dir} is a `trainkit {saved.command}` run: nothing to resume (resume continues "
+                            "training runs)")
         if not any(o.lstrip("+").startswith("trainer.resume=") for o in overrides):
             cfg.trainer.resume = "auto"  # its own checkpoints/last
         _check_continuation(_typed(saved, run_dir), cfg, run_dir)
         from trainkit.sweeps.results import read_results
 
         status = (read_results(run_dir) or {}).get("status")
-        if status in DONE and (saved.get("command") or "fit") == "fit" and not _extended(saved, cfg):
+        if status in DONE and not _extended(saved, cfg):
             print(f"trainkit: {run_dir} completed already (results.json); nothing to continue. Train it longer with "
                   "trainer.max_epochs=... or trainer.max_steps=...")
             return None

@@ -93,6 +93,10 @@ def prepare(command: str, run_dir: str, overrides: list[str]) -> DictConfig | No
             print(f"trainkit: {run_dir} completed already (results.json); nothing to continue. Train it longer with "
                   "trainer.max_epochs=... or trainer.max_steps=...")
             return None
+        if cfg.sweep.optuna_trial is not None:  # the study closed this trial when it stopped: report to nothing
+            cfg.sweep.optuna_trial = cfg.sweep.optuna_storage = cfg.sweep.optuna_study = None
+            print(f"trainkit: {run_dir} is a trial of an Optuna search; resumed on its own, it no longer reports to "
+                  "the study")
         cfg.command = "fit"
         return cfg
     path, how = best_checkpoint(cfg)

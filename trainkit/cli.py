@@ -138,7 +138,8 @@ def _take_config_dir(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def _is_run_dir(arg: str) -> bool:
-    return "=" not in arg and os.path.isfile(os.path.join(arg, "config.yaml"))
+    """A folder, not an override (those have `=`, or start with `~`) nor a flag."""
+    return "=" not in arg and not arg.startswith(("-", "~"))
 
 
 class _SweepStopped(BaseException):

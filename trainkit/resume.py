@@ -44,7 +44,7 @@ def from_run_dir(command: str, args: list[str], debug: bool, dry_run: bool) -> i
 
     try:
         if command == "resume" and not os.path.isfile(os.path.join(target, "config.yaml")):
-            if os.path.isdir(target) and trial_dirs(target):
+            if _is_sweep(target) and trial_dirs(target):
                 return _resume_sweep(target, overrides, debug, dry_run)
             raise UserError(f"{target} is not a run directory (no config.yaml in it) nor a sweep directory; give the "
                             "folder a run printed as its run directory")
@@ -305,6 +305,16 @@ def _move_outputs(cfg: DictConfig, old: str, new: str) -> None:
 
 
 # -- sweeps --------------------------------------------------------------------------------------
+def _is_sweep(folder: str) -> bool:
+    """A folder trainkit or Hydra made for several runs: a multirun's (Hydra's multirun.yaml, or
+    the sweep table), or a cross-validation's (its .hydra/ and fold<k>/ runs). Never any folder that
+    happens to hold run directories somewhere below it."""
+    path = Path(folder)
+    if (path / "multirun.yaml").is_file() or (path / "sweep_summary.csv").is_file():
+        return True
+    return (path / ".hydra").is_dir() and any(p.name.startswith("fold") for p in path.iterdir() if p.is_dir())
+
+
 def _resume_sweep(sweep_dir: str, overrides: list[str], debug: bool, dry_run: bool) -> int:
     from trainkit.sweeps.results import read_results
     from trainkit.sweeps.summary import summarize, trial_dirs

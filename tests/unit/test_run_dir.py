@@ -58,3 +58,13 @@ def test_overrides_on_a_run_config_add_remove_and_check_types(tmp_path):
         apply_overrides(cfg, ["model.sizee=3"], str(tmp_path))
     with pytest.raises(ConfigError, match="one value per key"):
         apply_overrides(cfg, ["model.size=1,2"], str(tmp_path))
+
+
+def test_a_folder_that_merely_holds_runs_is_not_a_sweep_to_resume(tmp_path, capsys):
+    from trainkit.resume import from_run_dir
+
+    run = tmp_path / "someone" / "run"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("run_dir: x\n")
+    assert from_run_dir("resume", [str(tmp_path)], False, False) == 2
+    assert "nor a sweep directory" in capsys.readouterr().err

@@ -473,3 +473,20 @@ def test_an_optimizer_step_that_does_not_step_leaves_the_weights_but_counts():
     trainer = quiet(max_steps=3)
     trainer.fit(module, train_dataloaders=loader())
     assert trainer.global_step == 3 and torch.equal(module.net.weight, start)
+
+
+def test_a_resume_from_an_epoch_end_checkpoint_does_not_run_the_epoch_end_hooks_again(tmp_path):
+    # The default ModelCheckpoint saves in on_train_epoch_end, after the GAN's own hook stepped its
+    # schedulers: the resumed run must not step them a second time.
+    def run(root, max_steps, resume):
+        torch.manual_seed(0)
+        module = GAN()
+        Trainer(accelerator="cpu", max_steps=max_steps, seed=3, logger=False, enable_progress_bar=False,
+                default_root_dir=str(root), resume=resume).fit(module, train_dataloaders=gan_loader())
+        return module
+
+    plain = run(tmp_path / "plain", 24, "none")
+    run(tmp_path / "resumed", 12, "none")  # exactly one epoch
+    resumed = run(tmp_path / "resumed", 24, "auto")
+    assert [s.get_last_lr() for s in resumed.lr_schedulers()] == [s.get_last_lr() for s in plain.lr_schedulers()]
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in plain.state_dict().items())

@@ -82,6 +82,7 @@ class FitLoop:
                 optimization.epoch_schedulers(trainer, plateau=True)  # after the epoch's end hooks, as Lightning
             trainer.state.epoch += 1
             trainer.state.batch_idx = 0
+            trainer.state.epoch_ending = False
 
     def _reload_if_due(self) -> None:
         every, epoch = self.trainer.reload_dataloaders_every_n_epochs, self.trainer.state.epoch
@@ -193,9 +194,11 @@ class FitLoop:
         if resume:  # every batch of the epoch had been consumed before the checkpoint
             restore_rng(resume["rng"])
 
-        module.on_train_epoch_end()
-        trainer.log_metrics(trainer.metrics.read_epoch())
-        trainer._call("on_train_epoch_end")
+        if not state.epoch_ending:  # (else they ran before the checkpoint this run resumed from)
+            state.epoch_ending = completed  # an epoch cut short (max_steps) runs them again at its real end
+            module.on_train_epoch_end()
+            trainer.log_metrics(trainer.metrics.read_epoch())
+            trainer._call("on_train_epoch_end")
         return completed
 
     def _log_step(self) -> None:

@@ -249,6 +249,22 @@ def test_lr_monitor_keys_and_values(tmp_path):
     assert [(step, m["lr-SGD"]) for step, m in rec.rows if "lr-SGD" in m] == [(2, 0.1), (4, 0.1)]
 
 
+class Named(Scripted):
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=0.01)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "my-lr"}}
+
+
+def test_lr_monitor_uses_the_scheduler_name_and_adam_betas(tmp_path):
+    rec = Recorder()
+    trainer(tmp_path, max_steps=3, logger=rec, log_every_n_steps=1,
+            callbacks=[LearningRateMonitor(log_momentum=True)]).fit(Named(), loader())
+    logged = [(step, m["my-lr"], m["my-lr-momentum"]) for step, m in rec.rows if "my-lr" in m]
+    assert logged == [(1, 0.01, 0.9), (2, 0.005, 0.9), (3, 0.0025, 0.9)]  # the rate each step used
+    assert not any(k.startswith("lr-") for _, m in rec.rows for k in m)
+
+
 # -- ModelSummary ----------------------------------------------------------------------------------
 class Nested(Scripted):
     def __init__(self):
@@ -356,6 +372,22 @@ def test_load_from_checkpoint_rebuilds_with_hparams_and_overrides(tmp_path):
     assert Base.load_from_checkpoint(folder, lr=0.9).hparams.lr == 0.9  # overrides win
     with pytest.raises(RuntimeError, match="size mismatch"):
         Base.load_from_checkpoint(folder, hidden=5)
+
+
+def test_datamodule_hparams_travel_with_the_checkpoint(tmp_path):
+    class Data(DataModule):
+        def __init__(self, batch_size: int = 8, n: int = 32):
+            self.save_hyperparameters()
+
+        def train_dataloader(self):
+            return loader(n=self.hparams.n, batch_size=self.hparams.batch_size)
+
+    t = trainer(tmp_path, max_steps=2)
+    t.fit(Base(), datamodule=Data(batch_size=4))
+    path = t.save_checkpoint(str(tmp_path / "m.ckpt"))
+    assert torch.load(path, weights_only=True)["datamodule_hyper_parameters"] == {"batch_size": 4, "n": 32}
+    assert Data.load_from_checkpoint(path, n=16).hparams == {"batch_size": 4, "n": 16}
+    assert Data.load_from_checkpoint(t.save_checkpoint()).hparams.batch_size == 4  # a folder too
 
 
 def test_single_file_checkpoint_is_plain(tmp_path, caplog):

@@ -4,6 +4,7 @@ from trainkit.callbacks.lr_monitor import LearningRateMonitor
 from trainkit.callbacks.model_checkpoint import ModelCheckpoint
 from trainkit.callbacks.model_summary import ModelSummary, RichModelSummary
 from trainkit.callbacks.progress import ProgressBar
+from trainkit.callbacks.stochastic_weight_avg import StochasticWeightAveraging
 from trainkit.callbacks.timer import Timer
 from trainkit.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
 from trainkit.engine.callback import Callback
@@ -17,6 +18,7 @@ __all__ = [
     "ModelSummary",
     "ProgressBar",
     "RichModelSummary",
+    "StochasticWeightAveraging",
     "Timer",
     "WeightAveraging",
 ]

@@ -35,14 +35,11 @@ def state_dict(trainer: Trainer) -> dict[str, Any]:
         "last_val_step": trainer._last_val_step,
         "lr_schedulers": [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs],
         # A checkpoint taken at an epoch's end replays the epoch-end hooks on resume: a
-        # ReduceLROnPlateau stepped there needs the values it monitors.
+        # ReduceLROnPlateau, early stopping and checkpoints decide there on the values they monitor.
         "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "precision": trainer.precision.state_dict(),
         "callbacks": {key: cb.state_dict() for key, cb in keyed_callbacks(trainer.callbacks)},
         "metrics": trainer.metrics.state_dict(),
-        # The epoch end a run resumed at that point replays sees what the uninterrupted run's saw
-        # (early stopping and checkpoints decide on these).
-        "callback_metrics": dict(trainer.callback_metrics),
         "settings": settings(trainer),
         **checkpoint_fields(trainer._module, trainer.datamodule),
     }
@@ -65,7 +62,6 @@ def load_state_dict(trainer: Trainer, state: dict[str, Any]) -> None:
                         f"returns {len(configs)}; resume with the schedulers of the run that saved it")
     for config, saved_state in zip(configs, schedulers):
         config.scheduler.load_state_dict(saved_state)
-    trainer.metrics.callback_metrics.update(state.get("callback_metrics", {}))
     trainer.precision.load_state_dict(state["precision"])
     saved = state["callbacks"]
     for key, cb in keyed_callbacks(trainer.callbacks):

@@ -201,3 +201,30 @@ def test_a_manual_optimization_gan_on_two_processes_trains_like_one_and_resumes_
     resumed = one_process(20, tmp_path, resume="auto")
     for name, value in one_process(20, tmp_path / "alone20").items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_single_file_checkpoint_of_two_processes_is_whole_and_plain(tmp_path, strategy):
+    from tests.unit.test_lightning_callbacks import Base
+    from trainkit import checkpoint
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "tests.integration.checkpoint_file_ddp", str(tmp_path), strategy]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **ONE_THREAD})
+    assert result.returncode == 0, result.stderr[-3000:]
+    file = tmp_path / "files" / "epoch=0-step=4.ckpt"
+    contents = torch.load(file, weights_only=True)
+    assert contents["hyper_parameters"] == {"hidden": 4, "lr": 0.3} and contents["global_step"] == 4
+    assert set(contents["state_dict"]) == {"net.weight", "net.bias"}  # whole, without wrapper prefixes
+    if strategy == "fsdp":  # gathered from both shards: the same as the folder's weights read whole
+        folder = checkpoint.read_model_weights(str(tmp_path / "checkpoints" / "last"))
+        for name, value in folder.items():
+            assert torch.equal(contents["state_dict"][name], value), name
+    else:  # the EMA's averaged weights, the same on both ranks, are the file's weights
+        ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+        for name, value in contents["state_dict"].items():
+            assert torch.equal(ranks[0]["average"][name], value) and torch.equal(ranks[1]["average"][name], value)
+        assert not torch.equal(ranks[0]["current"]["net.weight"], contents["state_dict"]["net.weight"])
+    loaded = Base.load_from_checkpoint(str(file))
+    assert torch.equal(loaded.net.weight, contents["state_dict"]["net.weight"])

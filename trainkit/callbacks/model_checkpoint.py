@@ -129,7 +129,7 @@ class ModelCheckpoint(Callback):
             return self.save_on_train_epoch_end
         if trainer.check_val_every_n_epoch != 1:
             return False
-        if not trainer.num_val_batches:
+        if not sum(trainer.num_val_batches):  # (one count per validation loader)
             return True  # no validation: the epoch's end is the only moment
         return trainer.val_check_interval == 1.0  # validation once, just before the epoch ends
 

@@ -119,7 +119,9 @@ def run_worker(config_path: str) -> dict[str, float]:
         log.info("predictions: %s (%d batches)", out, len(predictions))
         results = {}
     else:
-        results = getattr(trainer, command)(model, datamodule=datamodule)[0]
+        # one dict per loader; their names differ when there are several (".../dataloader_idx_<i>")
+        per_loader = getattr(trainer, command)(model, datamodule=datamodule)
+        results = {k: v for values in per_loader for k, v in values.items()}
         _report(command, results)
     if env.rank == 0:  # the parent of several processes, sweeps and their summary read it
         write_results(run_dir, record.result(command, results, trainer))

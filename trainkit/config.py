@@ -41,7 +41,7 @@ class TrainerConfig:
     limit_test_batches: Any = 1.0
     limit_predict_batches: Any = 1.0
     val_check_interval: Any = 1.0
-    check_val_every_n_epoch: int = 1
+    check_val_every_n_epoch: Optional[int] = 1  # null: validate every int val_check_interval batches over epochs
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
     gradient_clip_algorithm: str = "norm"
@@ -182,7 +182,7 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"precision={cfg.precision.mode!r} is not one of: {', '.join(PRECISIONS)}")
     cfg.precision.mode = precision_mode(cfg.precision.mode)  # one spelling downstream: "32-true" is "32"
     for key in ("devices", "num_nodes", "accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps"):
-        if t[key] < 1:
+        if t[key] is not None and t[key] < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be >= 1")
     if t.max_steps < -1 or t.max_steps == 0:
         raise ConfigError(f"trainer.max_steps={t.max_steps} must be a positive number of steps, or -1 for no limit")

@@ -354,3 +354,20 @@ def test_the_cli_takes_the_lightning_arguments_and_checks_them(tmp_path):
         key = bad.split("=")[0]
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             check_values(compose_fit([bad], tmp_path))
+
+
+# -- iteration-based training --------------------------------------------------------------------
+def test_max_epochs_minus_one_means_no_epoch_limit():
+    t = trainer(max_epochs=-1, max_steps=20, num_sanity_val_steps=0)
+    t.fit(Tiny(), loaders(n_train=8)[0])  # 2 batches an epoch
+    assert t.global_step == 20 and t.current_epoch == 10
+
+
+def test_check_val_every_n_epoch_none_counts_val_check_interval_over_epochs():
+    module = Tiny()
+    t = trainer(max_steps=6, val_check_interval=3, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    t.fit(module, *loaders(n_train=8))  # 2 batches an epoch: validation after batches 3 and 6 of the run
+    trains_before = [sum(1 for c in module.calls[:i] if c[0] == "train") for i, c in enumerate(module.calls) if c[0] == "val"]
+    assert trains_before == [3] * 4 + [6] * 4  # (4 val batches each time)
+    with pytest.raises(ConfigError, match="val_check_interval"):
+        trainer(val_check_interval=0.5, check_val_every_n_epoch=None)

@@ -49,6 +49,10 @@ class FitLoop:
         self.time_vote = None  # max_time: the same agreement as a signal, so every rank stops at one step
         self._loaded_epoch = trainer.state.epoch
         self.setup_data()
+        # batches trained before this epoch, for check_val_every_n_epoch=None (a loader without a
+        # length that ends, resumed: counted from the resumed epoch on)
+        n = trainer.num_training_batches
+        self._batches_before_epoch = 0 if math.isinf(n) else trainer.state.epoch * n
 
     def setup_data(self) -> None:
         trainer = self.trainer
@@ -80,6 +84,7 @@ class FitLoop:
             self._reload_if_due()
             if train_epoch():
                 optimization.epoch_schedulers(trainer, plateau=True)  # after the epoch's end hooks, as Lightning
+            self._batches_before_epoch += trainer.state.batch_idx
             trainer.state.epoch += 1
             trainer.state.batch_idx = 0
             trainer.state.epoch_ending = False
@@ -125,7 +130,7 @@ class FitLoop:
 
         n = trainer.num_training_batches
         accum = trainer.accumulate_grad_batches
-        val_every = self._val_every()
+        val_every, val_offset, val_at_end = self._val_schedule()
         training_step, backward, step = strategy.training_step, precision.backward, optimization.optimizer_step
         batches = loaders.with_last(loader, n)
         if trainer.profiler is not None:
@@ -170,7 +175,7 @@ class FitLoop:
                     log_now = state.global_step % every == 0
                 if log_now:
                     self._log_step()
-                if val_every and ((batch_idx + 1) % val_every == 0 or is_last):
+                if val_every and ((val_offset + batch_idx + 1) % val_every == 0 or (val_at_end and is_last)):
                     self._validate()
                 optimization.plateau_step(trainer, batch_idx)
             for cb in batch_end_hooks:
@@ -209,17 +214,23 @@ class FitLoop:
             values["precision/loss_scale"] = trainer.precision.scaler.get_scale()
         trainer.log_metrics(values)
 
-    def _val_every(self) -> int | float:
-        """Validate after every this many batches of this epoch, and after its last one (0: not
-        in this epoch; infinity: only after its last one). Arithmetic, not a set of batch counts:
-        a loader without a length has no last count to list them up to."""
+    def _val_schedule(self) -> tuple[int | float, int, bool]:
+        """(every, offset, at_end): validate after batch b of this epoch when (offset + b + 1) is a
+        multiple of `every` (0: not in this epoch; infinity: never by count), and after its last
+        batch when `at_end`. Arithmetic, not a set of batch counts: a loader without a length has
+        no last count to list them up to."""
         trainer = self.trainer
-        if not sum(trainer.num_val_batches) or (trainer.state.epoch + 1) % trainer.check_val_every_n_epoch != 0:
-            return 0
-        n, interval = trainer.num_training_batches, trainer.val_check_interval
-        if isinstance(interval, float):
-            return math.inf if math.isinf(n) else max(1, int(n * interval))  # (setup_data refused other fractions)
-        return max(1, interval if math.isinf(n) else min(interval, n))
+        every_n_epochs, n, interval = trainer.check_val_every_n_epoch, trainer.num_training_batches, \
+            trainer.val_check_interval
+        if not sum(trainer.num_val_batches):
+            return 0, 0, False
+        if every_n_epochs is None:  # Lightning: batches counted over epochs; an endless loader's end still counts
+            return max(1, interval), self._batches_before_epoch, math.isinf(n)
+        if (trainer.state.epoch + 1) % every_n_epochs != 0:
+            return 0, 0, False
+        if isinstance(interval, float):  # (setup_data refused fractions other than 1.0 for an endless loader)
+            return (math.inf if math.isinf(n) else max(1, int(n * interval))), 0, True
+        return max(1, interval if math.isinf(n) else min(interval, n)), 0, True
 
     def _validate(self) -> None:
         trainer = self.trainer

@@ -53,7 +53,7 @@ class Trainer:
         limit_test_batches: int | float = 1.0,
         limit_predict_batches: int | float = 1.0,
         val_check_interval: int | float = 1.0,
-        check_val_every_n_epoch: int = 1,
+        check_val_every_n_epoch: int | None = 1,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
@@ -89,7 +89,9 @@ class Trainer:
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
         self.max_time = arguments.max_time_seconds(max_time)
-        if max_epochs is None and max_steps == -1 and self.max_time is None:
+        if max_epochs == -1:
+            max_epochs = None  # Lightning's "no epoch limit"
+        elif max_epochs is None and max_steps == -1 and self.max_time is None:
             max_epochs = 1000  # as Lightning: a bound, so a forgotten limit does not run forever
         devices = arguments.devices_count(devices, num_nodes)
         if accumulate_grad_batches < 1:
@@ -108,7 +110,12 @@ class Trainer:
         self.limit_test_batches = limit_test_batches
         self.limit_predict_batches = limit_predict_batches
         self.val_check_interval = val_check_interval
-        self.check_val_every_n_epoch = check_val_every_n_epoch
+        # None (Lightning): validate every int `val_check_interval` batches counted over epochs
+        self.check_val_every_n_epoch = arguments.count("check_val_every_n_epoch", check_val_every_n_epoch, minimum=1,
+                                                       optional=True)
+        if check_val_every_n_epoch is None and not isinstance(val_check_interval, int):
+            raise ConfigError(f"val_check_interval={val_check_interval!r} must be an int (batches) when "
+                              "check_val_every_n_epoch=None")
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm

@@ -131,7 +131,7 @@ class Trainer:
                                   reload_dataloaders_every_n_epochs)
         self.inference_mode = arguments.flag("inference_mode", inference_mode)
         self.use_distributed_sampler = arguments.flag("use_distributed_sampler", use_distributed_sampler)
-        self.enable_model_summary = arguments.flag("enable_model_summary", enable_model_summary)  # read by callbacks
+        self.enable_model_summary = arguments.flag("enable_model_summary", enable_model_summary)
         self.sync_batchnorm = arguments.flag("sync_batchnorm", sync_batchnorm)
         if self.sync_batchnorm and self.world_size > 1 and self.strategy.root_device.type != "cuda":
             raise ConfigError("sync_batchnorm=True needs CUDA devices (torch's SyncBatchNorm synchronises on GPUs "

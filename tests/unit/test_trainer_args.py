@@ -333,6 +333,7 @@ def test_sync_batchnorm_leaves_one_process_alone():
 @pytest.mark.parametrize("kwargs", [
     {"min_epochs": -1}, {"min_steps": "5"}, {"num_sanity_val_steps": -2}, {"overfit_batches": 1.5},
     {"reload_dataloaders_every_n_epochs": -1}, {"devices": "many"}, {"inference_mode": "yes"},
+    {"callbacks": "EarlyStopping"}, {"benchmark": "yes"}, {"profiler": 3},
 ])
 def test_invalid_values_are_refused_naming_the_argument(kwargs):
     with pytest.raises(ConfigError, match=next(iter(kwargs))):

@@ -152,7 +152,7 @@ class Trainer:
         self.state = TrainState()
         self.metrics = MetricStore()
         self.callbacks = _with_default_callbacks(
-            arguments.as_list(callbacks), enable_progress_bar, enable_checkpointing, self.default_root_dir,
+            _callback_list(callbacks), enable_progress_bar, enable_checkpointing, self.default_root_dir,
             checkpoint_every_n_steps, self.enable_model_summary,
         )
         # fast_dev_run logs nothing (and ModelCheckpoint saves nothing), as in Lightning
@@ -398,6 +398,15 @@ class Trainer:
             self.max_steps, self.max_epochs, self.num_sanity_val_steps = n, 1, 0
             self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
             log.info("fast_dev_run: %d batch(es) of each loop; logging and checkpointing are off", n)
+
+
+def _callback_list(callbacks: Any) -> list[Callback]:
+    """A callback alone or a list of them (Lightning takes both)."""
+    given = arguments.as_list(callbacks)
+    for cb in given:
+        if not isinstance(cb, Callback):
+            raise ConfigError(f"callbacks: {cb!r} is not a Callback (subclass trainkit.Callback)")
+    return given
 
 
 def _with_default_callbacks(

@@ -490,3 +490,45 @@ def test_a_resume_from_an_epoch_end_checkpoint_does_not_run_the_epoch_end_hooks_
     resumed = run(tmp_path / "resumed", 24, "auto")
     assert [s.get_last_lr() for s in resumed.lr_schedulers()] == [s.get_last_lr() for s in plain.lr_schedulers()]
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in plain.state_dict().items())
+
+
+def test_a_checkpoint_of_the_single_optimizer_format_still_resumes_exactly(tmp_path):
+    from trainkit import checkpoint
+
+    def configure(m):
+        opt = torch.optim.Adam(m.parameters(), lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": halving(opt), "interval": "step"}}
+
+    def run(root, max_steps, resume):
+        torch.manual_seed(0)
+        module = Regressor(configure)
+        trainer = Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_progress_bar=False,
+                          default_root_dir=str(root), checkpoint_every_n_steps=3, resume=resume)
+        trainer.fit(module, train_dataloaders=loader(batch_size=8))
+        return module, trainer
+
+    plain, _ = run(tmp_path / "plain", 6, "none")
+    run(tmp_path / "old", 3, "none")
+    # rewrite trainer.pt as trainkit wrote it before several optimizers: one "lr_scheduler", no count
+    last = tmp_path / "old" / "checkpoints" / "last"
+    state = torch.load(last / "trainer.pt", weights_only=True)
+    state["lr_scheduler"] = state.pop("lr_schedulers")[0]
+    del state["optimizers"], state["callback_metrics"]
+    torch.save(state, last / "trainer.pt")
+    checkpoint._write_manifest(str(last.resolve()))
+    resumed, trainer = run(tmp_path / "old", 6, "auto")
+    assert trainer.global_step == 6 and lr(trainer) == 0.1 * 0.5**6
+    assert torch.equal(plain.net.weight, resumed.net.weight)
+
+
+def test_manual_optimization_logs_when_its_steps_pass_a_multiple_of_log_every_n_steps(tmp_path):
+    import csv
+
+    from trainkit.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    quiet(max_steps=12, log_every_n_steps=3, logger=[CSVLogger(save_dir=str(tmp_path))]).fit(
+        GAN(), train_dataloaders=gan_loader())
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    steps = [int(r["step"]) for r in rows if r.get("g_loss")]
+    assert steps == [4, 6, 10, 12]  # two steps a batch: 3 -> 4, 6, 9 -> 10, 12

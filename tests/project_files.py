@@ -16,15 +16,18 @@ from trainkit import TrainModule
 
 
 class TinyRegressor(TrainModule):
-    def __init__(self, in_features: int = 8, hidden: int = 16) -> None:
+    def __init__(self, in_features: int = 8, hidden: int = 16, fail: bool = False) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.fail = fail
 
     def forward(self, x):
         return self.net(x).squeeze(-1)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.fail:
+            raise ValueError("the project's own bug")
         loss = F.mse_loss(self(x), y)
         self.log("train/loss", loss)
         return loss

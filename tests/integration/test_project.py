@@ -85,6 +85,12 @@ def test_an_unimportable_target_names_the_config_file_and_the_folder(project):
     assert str(project / "configs" / "model" / "broken.yaml") in err and f"project folder {project}" in err
 
 
+def test_a_crash_in_the_projects_code_says_where_in_it(project):
+    result = tk(project, "fit", "experiment=tiny", "+model.fail=true", f"hydra.run.dir={project / 'runs' / 'crash'}")
+    assert result.returncode == 1
+    assert "training failed: ValueError: the project's own bug (at mypkg/model.py:" in result.stderr
+
+
 def test_help_from_a_project_does_not_import_torch(project):
     code = "import sys\nfrom trainkit.cli import main\nassert main(['--help']) == 0\nassert 'torch' not in sys.modules\n"
     result = subprocess.run([sys.executable, "-c", code], cwd=project / "work", capture_output=True, text=True,

@@ -256,12 +256,16 @@ def best_checkpoint(cfg: DictConfig) -> tuple[str, str]:
 
 def _best_in(folder: str, run_dir: str, monitor: str, mode: str) -> str | None:
     """The best checkpoint, from what the run left: a `best` link in the checkpoint folder; else the
-    step of the best value in results.json; else the scores in the checkpoint names."""
+    callback's own record (`best_model_path` in the newest checkpoint's state); else the step of
+    the best value in results.json; else the scores in the checkpoint names."""
     import re
 
     best = os.path.join(folder, "best")
     if os.path.exists(best):
         return os.path.realpath(best)
+    recorded = _recorded_best(folder)
+    if recorded is not None:
+        return recorded
     names = [n for n in os.listdir(folder) if not n.startswith(".") and n not in ("last", "best")] \
         if os.path.isdir(folder) else []
     from trainkit.sweeps.results import read_results
@@ -274,7 +278,7 @@ def _best_in(folder: str, run_dir: str, monitor: str, mode: str) -> str | None:
     key = re.escape(monitor.replace("/", "_"))
     scored = []
     for name in names:
-        match = re.search(rf"-{key}=(-?[\d.]+(?:e-?\d+)?)$", name)
+        match = re.search(rf"(?:^|-){key}=(-?\d+(?:\.\d+)?(?:e-?\d+)?)(?=-|\.ckpt$|$)", name)
         step = re.search(r"step=(\d+)", name)
         if match and step:
             scored.append((float(match[1]), int(step[1]), name))
@@ -283,6 +287,22 @@ def _best_in(folder: str, run_dir: str, monitor: str, mode: str) -> str | None:
     # The first to reach the best value wins a tie, as the callback keeps it.
     pick = (max if mode == "max" else min)(scored, key=lambda s: (s[0], -s[1]) if mode == "max" else (s[0], s[1]))
     return os.path.join(folder, pick[2])
+
+
+def _recorded_best(folder: str) -> str | None:
+    """ModelCheckpoint's `best_model_path`, as saved in the newest checkpoint's trainer state."""
+    state_file = os.path.join(folder, "last", "trainer.pt")
+    if not os.path.isfile(state_file):
+        return None
+    import torch
+
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        path = str(state["callbacks"]["ModelCheckpoint"]["best_model_path"] or "")
+    except (KeyError, TypeError, RuntimeError, OSError):  # no such callback, or another layout
+        return None
+    here = os.path.join(folder, os.path.basename(path))  # the run directory may have moved since
+    return here if path and os.path.exists(here) else None
 
 
 def _move_outputs(cfg: DictConfig, old: str, new: str) -> None:

@@ -68,3 +68,20 @@ def test_a_folder_that_merely_holds_runs_is_not_a_sweep_to_resume(tmp_path, caps
     (run / "config.yaml").write_text("run_dir: x\n")
     assert from_run_dir("resume", [str(tmp_path)], False, False) == 2
     assert "nor a sweep directory" in capsys.readouterr().err
+
+
+def test_the_callbacks_own_record_of_the_best_wins_over_names(tmp_path):
+    import torch
+
+    cfg, folder = _run(tmp_path, ["epoch=0-step=10-val_auc=0.7000", "epoch=1-step=20-val_auc=0.9000",
+                                  "epoch=2-step=30"])
+    # best_model_path as saved elsewhere (the run folder moved since): the name is found here
+    torch.save({"callbacks": {"ModelCheckpoint": {"best_model_path": "/old/place/epoch=0-step=10-val_auc=0.7000"}}},
+               folder / "epoch=2-step=30" / "trainer.pt")
+    assert best_checkpoint(cfg)[0] == str(folder / "epoch=0-step=10-val_auc=0.7000")
+
+
+def test_scores_in_templated_names(tmp_path):
+    cfg, folder = _run(tmp_path, ["epoch=0-val_loss=0.90-step=10", "epoch=1-val_loss=0.50-step=20", "epoch=2-step=30"],
+                       monitor="val/loss", mode="min")
+    assert best_checkpoint(cfg)[0] == str(folder / "epoch=1-val_loss=0.50-step=20")

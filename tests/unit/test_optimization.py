@@ -532,3 +532,21 @@ def test_manual_optimization_logs_when_its_steps_pass_a_multiple_of_log_every_n_
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     steps = [int(r["step"]) for r in rows if r.get("g_loss")]
     assert steps == [4, 6, 10, 12]  # two steps a batch: 3 -> 4, 6, 9 -> 10, 12
+
+
+def test_a_module_s_lr_scheduler_step_steps_its_schedulers():
+    calls = []
+
+    class Custom(Regressor):
+        def lr_scheduler_step(self, scheduler, metric):
+            calls.append((self.trainer.global_step, metric))
+            scheduler.step()
+
+    def configure(m):
+        opt = sgd(m)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": halving(opt), "interval": "step", "frequency": 2}}
+
+    module = Custom(configure)
+    trainer = quiet(max_steps=6)
+    trainer.fit(module, train_dataloaders=loader())
+    assert calls == [(2, None), (4, None), (6, None)] and lr(trainer) == 0.5**3

@@ -2,6 +2,9 @@
 
     from trainkit import Trainer, TrainModule, DataModule
 
+Lightning code runs with its imports changed: `import trainkit as L` (L.LightningModule,
+L.LightningDataModule, L.Trainer, L.Callback, L.seed_everything), `import trainkit as pl`
+(pl.callbacks.ModelCheckpoint, pl.loggers.CSVLogger), `from trainkit.pytorch import ...`.
 The names are imported on first use, so `import trainkit` (and the CLI's --help) stay free of torch.
 """
 from __future__ import annotations
@@ -16,18 +19,24 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Trainer": "trainkit.engine.trainer",
     "TrainModule": "trainkit.engine.module",
+    "LightningModule": "trainkit.engine.module",
     "DataModule": "trainkit.engine.data",
+    "LightningDataModule": "trainkit.engine.data",
     "Callback": "trainkit.engine.callback",
+    "seed_everything": "trainkit.engine.seed",
     "Precision": "trainkit.precision",
 }
-__all__ = list(_EXPORTS)
+_SUBMODULES = ("callbacks", "loggers", "pytorch")  # `pl.callbacks.X` without importing them first
+__all__ = [*_EXPORTS, *_SUBMODULES]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
+    import importlib
 
+    if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"trainkit.{name}")
     raise AttributeError(f"module 'trainkit' has no attribute {name!r}")
 
 

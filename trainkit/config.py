@@ -11,12 +11,14 @@ importing torch. Two layers of checking:
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import inspect
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -28,42 +30,69 @@ from trainkit.errors import ConfigError
 
 
 
+def _trainer_defaults() -> dict[str, Any]:
+    """The keyword defaults of `Trainer.__init__`, read from its source: the schema below takes
+    them without importing the engine (which imports torch; `--cfg job` must not)."""
+    source = (Path(__file__).parent / "engine" / "trainer.py").read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+            found = {}
+            for arg, default in zip(node.args.kwonlyargs, node.args.kw_defaults):
+                try:
+                    found[arg.arg] = ast.literal_eval(default)
+                except ValueError:  # no default, or one built at call time: not a config value
+                    pass
+            return found
+    raise RuntimeError("trainkit/engine/trainer.py has no Trainer.__init__")
+
+
+_TRAINER = _trainer_defaults()
+
+
+# One source for each default. The Python API (`trainkit.Trainer`) defaults as Lightning does, in
+# its signature; this schema only types the `trainer` node and takes those same defaults (so a
+# project's trainer file that leaves a key out gets the library's value, never a third one); the
+# CLI's own choices (resume=auto, gradient_clip_val=1.0, log_every_n_steps=20, seed=0, ...) are
+# written once, visibly, in configs/trainer/default.yaml.
 @dataclass
 class TrainerConfig:
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    max_epochs: Optional[int] = None
-    max_steps: int = -1
+    accelerator: str = _TRAINER["accelerator"]
+    devices: int = _TRAINER["devices"]
+    num_nodes: int = _TRAINER["num_nodes"]
+    max_epochs: Optional[int] = _TRAINER["max_epochs"]
+    max_steps: int = _TRAINER["max_steps"]
     # int = a number of batches, float = a fraction of the loader (as in Lightning)
-    limit_train_batches: Any = 1.0
-    limit_val_batches: Any = 1.0
-    limit_test_batches: Any = 1.0
-    limit_predict_batches: Any = 1.0
-    val_check_interval: Any = 1.0
-    check_val_every_n_epoch: Optional[int] = 1  # null: validate every int val_check_interval batches over epochs
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = None
-    gradient_clip_algorithm: str = "norm"
-    seed: Optional[int] = 0
-    deterministic: bool = False
-    compile: bool = False
-    log_every_n_steps: int = 50
-    checkpoint_every_n_steps: Optional[int] = None
-    max_restarts: int = 0  # several processes: restart the group this often after a worker dies
-    resume: str = "auto"  # auto: <run_dir>/checkpoints/last if there is one; none; or a checkpoint path
-    resume_strict: bool = True  # refuse a resume whose settings would not continue the run exactly
-    init_from: Optional[str] = None  # fine-tune: start from this checkpoint's model weights only
-    detect_anomaly: bool = False  # torch.autograd anomaly mode: finds the op that made a NaN (slow)
-    # Lightning's debugging and stopping arguments, with its defaults and meaning (Trainer docstring)
-    fast_dev_run: Any = False  # true or n: n batches of train/val/test once, no logs, no checkpoints
-    overfit_batches: Any = 0.0  # k batches (int) or a fraction: the same unshuffled batches for train and val
-    num_sanity_val_steps: int = 2  # val batches run before training to catch a broken validation_step; -1: all
-    min_epochs: Optional[int] = None  # early stopping / max_time cannot end the fit before these
-    min_steps: Optional[int] = None
-    max_time: Any = None  # "DD:HH:MM:SS" or {hours: 12}: stop (as early stopping would) after this long
-    profiler: Optional[str] = None  # simple | advanced | pytorch: a report at the end of each command
-    benchmark: Optional[bool] = None  # torch.backends.cudnn.benchmark (null: leave it as it is)
+    limit_train_batches: Any = _TRAINER["limit_train_batches"]
+    limit_val_batches: Any = _TRAINER["limit_val_batches"]
+    limit_test_batches: Any = _TRAINER["limit_test_batches"]
+    limit_predict_batches: Any = _TRAINER["limit_predict_batches"]
+    val_check_interval: Any = _TRAINER["val_check_interval"]
+    # null: validate every int val_check_interval batches counted over epochs
+    check_val_every_n_epoch: Optional[int] = _TRAINER["check_val_every_n_epoch"]
+    accumulate_grad_batches: int = _TRAINER["accumulate_grad_batches"]
+    gradient_clip_val: Optional[float] = _TRAINER["gradient_clip_val"]
+    gradient_clip_algorithm: str = _TRAINER["gradient_clip_algorithm"]
+    seed: Optional[int] = _TRAINER["seed"]
+    deterministic: bool = _TRAINER["deterministic"]
+    compile: bool = _TRAINER["compile"]
+    log_every_n_steps: int = _TRAINER["log_every_n_steps"]
+    checkpoint_every_n_steps: Optional[int] = _TRAINER["checkpoint_every_n_steps"]
+    max_restarts: int = 0  # the launcher's, not the Trainer's: restart the group this often after a worker dies
+    resume: Optional[str] = _TRAINER["resume"]  # auto: <run_dir>/checkpoints/last if there is one; none; a path
+    resume_strict: bool = _TRAINER["resume_strict"]  # refuse a resume that would not continue the run exactly
+    init_from: Optional[str] = _TRAINER["init_from"]  # fine-tune: start from this checkpoint's model weights only
+    detect_anomaly: bool = _TRAINER["detect_anomaly"]  # autograd anomaly mode: finds the op that made a NaN (slow)
+    # Lightning's debugging and stopping arguments, with their meaning (Trainer docstring)
+    fast_dev_run: Any = _TRAINER["fast_dev_run"]  # true or n: n batches of each loop once, no logs, no checkpoints
+    # k batches (int) or a fraction: the same unshuffled batches for train and val
+    overfit_batches: Any = _TRAINER["overfit_batches"]
+    # val batches run before training to catch a broken validation_step; -1: all
+    num_sanity_val_steps: int = _TRAINER["num_sanity_val_steps"]
+    min_epochs: Optional[int] = _TRAINER["min_epochs"]  # early stopping / max_time cannot end the fit before these
+    min_steps: Optional[int] = _TRAINER["min_steps"]
+    max_time: Any = _TRAINER["max_time"]  # "DD:HH:MM:SS" or {hours: 12}: stop (as early stopping would) then
+    profiler: Optional[str] = _TRAINER["profiler"]  # simple | advanced | pytorch: a report when each command ends
+    benchmark: Optional[bool] = _TRAINER["benchmark"]  # torch.backends.cudnn.benchmark (null: leave it as it is)
 
 
 @dataclass

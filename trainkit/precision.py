@@ -36,6 +36,7 @@ class Precision:
             raise ConfigError(f"precision={name!r} is not one of {', '.join(PRECISIONS)} (or Lightning's 32-true, 16, bf16, 64)")
         self.mode = mode
         self.device_type = device_type
+        self._unscaled: set[int] = set()  # optimizers unscaled since their last step (16-mixed)
         self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(mode)
         self.param_dtype = {"bf16-true": torch.bfloat16, "64-true": torch.float64}.get(mode)
         self.scaler = (
@@ -65,9 +66,11 @@ class Precision:
         loss.backward(*args, **kwargs)
 
     def unscale_gradients(self, optimizer: torch.optim.Optimizer) -> None:
-        """Bring gradients back to their true scale (needed before clipping them)."""
-        if self.scaler is not None:
+        """Bring gradients back to their true scale (before hooks that read them, and clipping);
+        once per step: asking again before the step changes nothing."""
+        if self.scaler is not None and id(optimizer) not in self._unscaled:
             self.scaler.unscale_(optimizer)
+            self._unscaled.add(id(optimizer))
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
         """Step the optimizer; False when the GradScaler skipped the step (inf/NaN gradients)."""
@@ -77,6 +80,7 @@ class Precision:
         scale_before = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()
+        self._unscaled.clear()
         # The scaler lowers its scale exactly when it found inf/NaN and skipped the step.
         skipped = self.scaler.get_scale() < scale_before
         self.skipped_steps += int(skipped)

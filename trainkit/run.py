@@ -109,7 +109,7 @@ def run_worker(config_path: str) -> dict[str, float]:
         results = run_tune(cfg, trainer, model, datamodule, run_dir)
     elif command == "fit":
         trainer.fit(model, datamodule=datamodule)
-        results = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+        results = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
         _report("final validation", results)
     elif command == "predict":
         predictions = trainer.predict(model, datamodule=datamodule)

@@ -230,19 +230,30 @@ def test_optimizer_and_scheduler_factories_from_config():
 
 
 def test_gradient_clipping_bounds_the_norm_seen_by_the_optimizer():
-    norms = []
+    before, used = [], []
+
+    def norm(params):
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])))
 
     class Probe(Callback):
+        # As Lightning: on_before_optimizer_step sees the gradients before clipping.
         def on_before_optimizer_step(self, trainer, module, optimizer):
-            grads = [p.grad for p in module.parameters()]
-            norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+            before.append(norm(module.parameters()))
 
-    module = Regressor(lr=0.01)
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            used.append(norm([p for group in self.param_groups for p in group["params"]]))
+            return super().step(closure)
+
+    class Clipped(Regressor):
+        def configure_optimizers(self):
+            return Recording(self.parameters(), lr=self.lr)
+
     quiet_trainer(max_steps=5, gradient_clip_val=0.01, callbacks=[Probe()]).fit(
-        module, train_dataloaders=DataLoader(make_data(), batch_size=32)
+        Clipped(lr=0.01), train_dataloaders=DataLoader(make_data(), batch_size=32)
     )
-    assert norms and max(norms) <= 0.01 + 1e-6
-
+    assert len(used) == 5 and max(used) <= 0.01 + 1e-6
+    assert min(before) > 0.01  # the clipping had something to do
 
 def test_early_stopping_and_checkpoints(tmp_path):
     from trainkit import checkpoint

@@ -97,7 +97,7 @@ class ProgressBar(Callback):
     def on_validation_end(self, trainer, module) -> None:
         if not self.enabled or trainer.state.stage != "fit":
             return
-        values = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val")}
         line = f"{self._epoch_label(trainer)} step {trainer.global_step} validation: {_fmt(values)}"
         if self._progress is not None:
             self._progress.console.print(line)

@@ -1,9 +1,10 @@
-"""The DataModule API: where a recipe's data comes from.
+"""The DataModule API (alias `LightningDataModule`): where a recipe's data comes from.
 
 Subclass it and override what you need. The Trainer calls `prepare_data()` once (rank 0: download
-or generate files), then `setup(stage)` with stage in {"fit", "validate", "test", "predict"}, then
-asks for the loaders of that stage. A `*_dataloader()` may return one loader, or a list or dict of
-them (validation, test and predict run each in turn; see the Trainer's `dataloader_idx`).
+or generate files), then `setup(stage)` with stage in {"fit", "validate", "test", "predict"}, asks
+for the loaders of that stage, and calls `teardown(stage)` at the end. A `*_dataloader()` may
+return one loader, or a list or dict of them (validation, test and predict run each in turn; see
+the Trainer's `dataloader_idx`).
 
 Datasets you already have make a DataModule in one line, as in Lightning:
 
@@ -33,6 +34,9 @@ class DataModule(HyperparametersMixin):
 
     def setup(self, stage: str) -> None:
         """Build the datasets that `stage` needs."""
+
+    def teardown(self, stage: str) -> None:
+        """Release what `setup` built."""
 
     def train_dataloader(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} has no train_dataloader()")
@@ -100,3 +104,6 @@ class DataModule(HyperparametersMixin):
         datamodule.test_dataloader = lambda: loaders_of(test_dataset, "test", False)
         datamodule.predict_dataloader = lambda: loaders_of(predict_dataset, "predict", False)
         return datamodule
+
+
+LightningDataModule = DataModule

@@ -15,7 +15,7 @@ import torch
 
 from trainkit.engine import loaders
 from trainkit.engine.data import DataModule
-from trainkit.engine.module import TrainModule
+from trainkit.engine.module import TrainModule, positional_arity
 from trainkit.errors import UserError
 
 if TYPE_CHECKING:
@@ -52,28 +52,35 @@ def evaluate(trainer: Trainer, stage: str, module: TrainModule, shards: list, li
     strategy, precision = trainer.strategy, trainer.precision
     if trainer.profiler is not None:
         step_fn = trainer.profiler.wrap(f"{prefix}_step", step_fn)
-    was_training = module.training
+    metrics = trainer.metrics
+    was_training, step_default = module.training, metrics.step_default
     module.eval()
-    trainer.metrics.training = False
-    getattr(module, f"on_{prefix}_epoch_start")()
+    metrics.training, metrics.step_default = False, False
+    with_batch_idx = positional_arity(step_fn) >= 2
+    batch_start = trainer.hooks.targets(f"on_{prefix}_batch_start")
+    batch_end = trainer.hooks.targets(f"on_{prefix}_batch_end")
     trainer._call(f"on_{prefix}_start")
+    trainer._call(f"on_{prefix}_epoch_start")
     with grad_off(trainer):
         for idx, (loader, limit) in enumerate(zip(shards, limits)):
-            trainer.metrics.dataloader_idx = idx if several else None
+            metrics.dataloader_idx = idx if several else None
             extra = (idx,) if several else ()
             for batch_idx, batch in _batches(trainer, f"{stage}_dataloader_next", loader, limit):
                 batch = strategy.batch_to_device(precision.convert_input(batch))
+                for fn in batch_start:
+                    fn(batch, batch_idx, *extra)
                 with precision.autocast():
-                    out = step_fn(batch, batch_idx, *extra)
-                trainer._call_batch(f"on_{prefix}_batch_end", out, batch, batch_idx, *extra)
-        trainer.metrics.dataloader_idx = None
-        getattr(module, f"on_{prefix}_epoch_end")()
-    values = trainer.metrics.read_epoch()
+                    out = step_fn(batch, batch_idx, *extra) if with_batch_idx else step_fn(batch, *extra)
+                for fn in batch_end:
+                    fn(out, batch, batch_idx, *extra)
+        metrics.dataloader_idx = None
+        trainer._call(f"on_{prefix}_epoch_end")
+    values = metrics.read_epoch()
     if log:
         trainer.log_metrics(values)
     trainer._call(f"on_{prefix}_end")
     module.train(was_training)
-    trainer.metrics.training = was_training
+    metrics.training, metrics.step_default = was_training, step_default
     return [_of_loader(values, idx) for idx in range(len(shards))] if several else [values]
 
 
@@ -92,9 +99,15 @@ def predict(trainer: Trainer, module: TrainModule, dataloaders: Iterable | None,
         _needs_dataloader_idx(module, "predict_step", "predict")
     strategy, precision = trainer.strategy, trainer.precision
     step_fn = module.predict_step
+    with_batch_idx = positional_arity(step_fn) >= 2
     if trainer.profiler is not None:
         step_fn = trainer.profiler.wrap("predict_step", step_fn)
+    batch_start = trainer.hooks.targets("on_predict_batch_start")
+    batch_end = trainer.hooks.targets("on_predict_batch_end")
+    was_training = module.training
+    module.eval()  # as Lightning: dropout and batch-norm statistics in evaluation mode
     trainer._call("on_predict_start")
+    trainer._call("on_predict_epoch_start")
     outputs: list[list[Any]] = []
     with grad_off(trainer):
         for idx, (loader, limit) in enumerate(zip(shards, limits)):
@@ -102,11 +115,16 @@ def predict(trainer: Trainer, module: TrainModule, dataloaders: Iterable | None,
             outputs.append([])
             for batch_idx, batch in _batches(trainer, "predict_dataloader_next", loader, limit):
                 batch = strategy.batch_to_device(precision.convert_input(batch))
+                for fn in batch_start:
+                    fn(batch, batch_idx, *extra)
                 with precision.autocast():
-                    out = step_fn(batch, batch_idx, *extra)
+                    out = step_fn(batch, batch_idx, *extra) if with_batch_idx else step_fn(batch, *extra)
                 outputs[-1].append(out)
-                trainer._call_batch("on_predict_batch_end", out, batch, batch_idx, *extra)
+                for fn in batch_end:
+                    fn(out, batch, batch_idx, *extra)
+    trainer._call("on_predict_epoch_end")
     trainer._call("on_predict_end")
+    module.train(was_training)
     return outputs if several else outputs[0]
 
 

@@ -5,6 +5,10 @@ precision's autocast, scales its loss by 1/k and runs backward (gradient sync sk
 the last); then `optimization.optimizer_step`. At each step boundary the loop logs (every
 `log_every_n_steps`), validates (at the val check points), runs the batch-end callbacks and reads
 the stop vote (a signal on any rank stops every rank at the same step; so does `max_time`).
+Hooks run in Lightning's order (engine/hooks.py), except that a validation inside an epoch comes
+before the batch-end hooks of its step (README, "Coming from Lightning"). A non-finite loss is
+noted on the device and raised at the next point where the loop reads the device anyway
+(finite_check.py), so the step has no host sync the user did not ask for.
 
 A training loader without a length (an IterableDataset) runs until it is exhausted (the epoch's
 end, found by reading one batch ahead) or until max_steps; it validates every int
@@ -28,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import torch
 
 from trainkit.engine import evaluation, loaders, optimization
-from trainkit.engine.module import TrainModule
+from trainkit.engine.module import TrainModule, positional_arity
 from trainkit.engine.rng import capture_rng, restore_rng
-from trainkit.errors import ConfigError, Interrupted, NonFiniteLossError, UserError
+from trainkit.errors import ConfigError, Interrupted, UserError
 from trainkit.signals import StopSignals, StopVote
 
 if TYPE_CHECKING:
@@ -80,6 +84,7 @@ class FitLoop:
         train_epoch = self._train_epoch
         if trainer.profiler is not None:
             train_epoch = trainer.profiler.wrap("run_training_epoch", train_epoch)
+        trainer._call("on_train_start")
         while not self._done():
             self._reload_if_due()
             if train_epoch():
@@ -88,6 +93,7 @@ class FitLoop:
             trainer.state.epoch += 1
             trainer.state.batch_idx = 0
             trainer.state.epoch_ending = False
+        trainer._call("on_train_end")
 
     def _reload_if_due(self) -> None:
         every, epoch = self.trainer.reload_dataloaders_every_n_epochs, self.trainer.state.epoch
@@ -110,9 +116,10 @@ class FitLoop:
     def _train_epoch(self) -> bool:
         """One epoch (or what is left of it); True when it ran to its end."""
         trainer, module, loader = self.trainer, self.module, self.train_loader
-        state, strategy, precision = trainer.state, trainer.strategy, trainer.precision
+        state, strategy, precision, hooks = trainer.state, trainer.strategy, trainer.precision, trainer.hooks
+        metrics = trainer.metrics
         module.train()
-        trainer.metrics.training = True
+        metrics.training = True
         # Resuming mid-epoch: rebuild the epoch's data order from the RNG state it started with,
         # read past the batches already consumed (loading them, so samplers and DataLoader
         # workers stay in step), then continue from the RNG state of the checkpoint.
@@ -125,7 +132,6 @@ class FitLoop:
                         getattr(loader, "dataset", None)):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(state.epoch)
-        module.on_train_epoch_start()
         trainer._call("on_train_epoch_start")
 
         n = trainer.num_training_batches
@@ -137,10 +143,15 @@ class FitLoop:
             profile = trainer.profiler
             training_step, backward = profile.wrap("training_step", training_step), profile.wrap("backward", backward)
             step, batches = profile.wrap("optimizer_step", step), profile.iterate("train_dataloader_next", batches)
-        batch_end_hooks = trainer._batch_hooks["on_train_batch_end"]
         manual, every = not module.automatic_optimization, trainer.log_every_n_steps
+        with_batch_idx = positional_arity(module.training_step) >= 2
+        # The per-batch hooks, looked up once: one nobody overrides is skipped at no cost.
+        batch_start, batch_end = hooks.targets("on_train_batch_start"), hooks.targets("on_train_batch_end")
+        before_backward, after_backward = hooks.targets("on_before_backward"), hooks.targets("on_after_backward")
+        finite = trainer.finite_check
         state.batch_idx = skip
         completed = False
+        metrics.step_default = True  # self.log in the batch loop: per step by default (Lightning)
         for batch_idx, batch, is_last in batches:
             completed = is_last
             if batch_idx < skip:
@@ -152,34 +163,45 @@ class FitLoop:
             window = min(accum, n - window_start) if not math.isinf(n) else accum
             step_now = batch_idx + 1 == window_start + window or is_last
             batch = strategy.batch_to_device(precision.convert_input(batch))
+            if batch_start and any(fn(batch, batch_idx) == -1 for fn in batch_start):
+                break  # as Lightning: -1 from on_train_batch_start ends the epoch here
+            args = (batch, batch_idx) if with_batch_idx else (batch,)
             if manual:  # training_step steps the optimizers: called directly, not through DDP's forward
                 steps_before = state.global_step
                 with precision.autocast():
-                    out = module.training_step(batch, batch_idx)
+                    out = module.training_step(*args)
             else:
                 with strategy.no_backward_sync(trainer.model, enabled=not step_now):
                     with precision.autocast():
-                        out = training_step(module, batch, batch_idx)
-                    loss = out if isinstance(out, torch.Tensor) else out["loss"]
-                    if not torch.isfinite(loss):  # before backward: nothing of this step reaches the weights
-                        self._non_finite(loss, batch_idx)
-                    backward(loss / window if window > 1 else loss)
+                        out = training_step(module, *args)
+                    if out is not None:  # None skips the batch: no backward, and no step at its end
+                        loss = out if isinstance(out, torch.Tensor) else out["loss"]
+                        finite.add(loss)  # checked where the loop reads the device anyway: no sync here
+                        loss = loss / window if window > 1 else loss
+                        for fn in before_backward:
+                            fn(loss)
+                        backward(loss)
+                        for fn in after_backward:
+                            fn()
             state.batch_idx = batch_idx + 1
             # A step's order: update, log, validate, then batch-end callbacks (checkpoints among
             # them), so a checkpoint taken at step N holds everything step N produced.
-            if step_now:
+            if step_now and (manual or out is not None):
                 if manual:  # log when the batch's optimizer steps passed a multiple of log_every_n_steps
                     log_now = state.global_step // every != steps_before // every
                 else:
                     step(trainer, batch_idx, is_last)
                     log_now = state.global_step % every == 0
                 if log_now:
+                    finite.check()
                     self._log_step()
                 if val_every and ((val_offset + batch_idx + 1) % val_every == 0 or (val_at_end and is_last)):
                     self._validate()
                 optimization.plateau_step(trainer, batch_idx)
-            for cb in batch_end_hooks:
-                cb.on_train_batch_end(trainer, module, out, batch, batch_idx)
+            if batch_end:
+                outputs = {"loss": out.detach()} if isinstance(out, torch.Tensor) else out
+                for fn in batch_end:
+                    fn(outputs, batch, batch_idx)
             if step_now:
                 signum = self.stop_vote.poll(state.global_step)
                 if signum is not None:
@@ -198,12 +220,20 @@ class FitLoop:
                 break
         if resume:  # every batch of the epoch had been consumed before the checkpoint
             restore_rng(resume["rng"])
+        metrics.step_default = False
+        finite.check()
 
         if not state.epoch_ending:  # (else they ran before the checkpoint this run resumed from)
             state.epoch_ending = completed  # an epoch cut short (max_steps) runs them again at its real end
-            module.on_train_epoch_end()
-            trainer.log_metrics(trainer.metrics.read_epoch())
-            trainer._call("on_train_epoch_end")
+            # Lightning's order: the other callbacks, the module, then the monitoring callbacks
+            # (checkpoints, early stopping), which see what the module logged at its epoch end.
+            values = metrics.read_epoch()
+            for fn in hooks.targets("on_train_epoch_end", monitoring=False):
+                fn()
+            values.update(metrics.read_epoch())
+            trainer.log_metrics(values)
+            for fn in hooks.targets("on_train_epoch_end", monitoring=True):
+                fn()
         return completed
 
     def _log_step(self) -> None:
@@ -234,21 +264,12 @@ class FitLoop:
 
     def _validate(self) -> None:
         trainer = self.trainer
+        trainer.finite_check.check()
         trainer._last_val_step = trainer.state.global_step
         evaluate = evaluation.evaluate
         if trainer.profiler is not None:
             evaluate = trainer.profiler.wrap("run_validation", evaluate)
         evaluate(trainer, "validate", self.module, self.val_loaders, trainer.num_val_batches)
-
-    def _non_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        trainer = self.trainer
-        last = os.path.realpath(os.path.join(trainer.checkpoint_dir, "last"))
-        kept = f"the last checkpoint, {last}, is intact" if os.path.isdir(last) else "no checkpoint was saved"
-        raise NonFiniteLossError(
-            f"the loss is {float(loss)} at step {trainer.state.global_step + 1} (epoch {trainer.state.epoch}, batch "
-            f"{batch_idx}); {kept}. Try a lower optimizer.lr, trainer.gradient_clip_val, precision=32, or "
-            "trainer.detect_anomaly=true to find the operation that produced it"
-        )
 
     def _stop_for_signal(self, signum: int) -> None:
         trainer = self.trainer

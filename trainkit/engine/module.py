@@ -1,20 +1,24 @@
-"""The TrainModule API: a model that knows how to train itself.
+"""The TrainModule API (alias `LightningModule`): a model that knows how to train itself.
 
 A `TrainModule` is an `nn.Module` with step methods. The Trainer calls them; they return the loss
-(training) or anything (evaluation, prediction) and report numbers with `self.log(name, value)`.
+(training; `None` skips the batch) or anything (evaluation, prediction) and report numbers with
+`self.log(name, value)`, with Lightning's meaning of every argument (engine/metric_store.py).
 
     class MyModel(TrainModule):
-        def training_step(self, batch, batch_idx):
+        def training_step(self, batch, batch_idx):      # batch_idx may be left out
             loss = ...
             self.log("train/loss", loss, prog_bar=True)
             return loss
 
-Logged tensors stay on the device: nothing is copied to the host until a logger asks for it
-(every `log_every_n_steps`), so logging adds no synchronisation to the step.
+The hooks below are Lightning's, called in Lightning's order (engine/hooks.py); a hook a module
+does not override costs nothing. Logged tensors stay on the device: nothing is copied to the host
+until a logger asks for it (every `log_every_n_steps`), so logging adds no synchronisation.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import inspect
+import warnings
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -32,7 +36,7 @@ class TrainModule(HyperparametersMixin, nn.Module):
         object.__setattr__(self, "_trainer", None)
 
     # -- what a recipe writes ---------------------------------------------------------------
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | dict[str, Any] | None:
         raise NotImplementedError(f"{type(self).__name__} must define training_step(batch, batch_idx)")
 
     def validation_step(self, batch: Any, batch_idx: int) -> Any:
@@ -81,13 +85,47 @@ class TrainModule(HyperparametersMixin, nn.Module):
         """Called before each automatic optimizer step when overridden; clips as the Trainer is set."""
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    # Epoch hooks: a recipe overrides those it needs (e.g. to compute AUC over a whole epoch).
+    # -- hooks (Lightning's names and arguments; override those you need) ---------------------
+    def prepare_data(self) -> None: ...
+    def setup(self, stage: str) -> None: ...
+    def teardown(self, stage: str) -> None: ...
+    def configure_model(self) -> None: ...
+    def on_fit_start(self) -> None: ...
+    def on_fit_end(self) -> None: ...
+    def on_train_start(self) -> None: ...
+    def on_train_end(self) -> None: ...
     def on_train_epoch_start(self) -> None: ...
     def on_train_epoch_end(self) -> None: ...
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any: ...
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_before_backward(self, loss: torch.Tensor) -> None: ...
+    def on_after_backward(self) -> None: ...
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_validation_start(self) -> None: ...
+    def on_validation_end(self) -> None: ...
     def on_validation_epoch_start(self) -> None: ...
     def on_validation_epoch_end(self) -> None: ...
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_start(self) -> None: ...
+    def on_test_end(self) -> None: ...
     def on_test_epoch_start(self) -> None: ...
     def on_test_epoch_end(self) -> None: ...
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_start(self) -> None: ...
+    def on_predict_end(self) -> None: ...
+    def on_predict_epoch_start(self) -> None: ...
+    def on_predict_epoch_end(self) -> None: ...
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add plain values (numbers, strings, lists, dicts, tensors) to `checkpoint`: they are
+        saved with trainkit's checkpoint and given back to `on_load_checkpoint` on resume."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None: ...
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str, map_location: Any = None, strict: bool = True, **overrides: Any):
@@ -102,24 +140,86 @@ class TrainModule(HyperparametersMixin, nn.Module):
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer")
         return self._trainer
 
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def global_rank(self) -> int:
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self._trainer.local_rank if self._trainer is not None else 0
+
+    @property
+    def logger(self) -> Any:
+        return self._trainer.logger if self._trainer is not None else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._trainer.loggers if self._trainer is not None else []
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """`print` on the global rank zero only."""
+        if self.global_rank == 0:
+            print(*args, **kwargs)
+
     def log(
         self,
         name: str,
-        value: torch.Tensor | float,
-        *,
+        value: Any,
         prog_bar: bool = False,
+        logger: bool | None = None,
         on_step: bool | None = None,
         on_epoch: bool | None = None,
-        batch_size: int | None = None,
+        reduce_fx: str | Callable = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Any = None,
         add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        metric_attribute: str | None = None,
+        rank_zero_only: bool = False,
     ) -> None:
-        """Record a scalar. Defaults as in Lightning: in training, per step; in evaluation, the
-        epoch mean weighted by `batch_size` (1 when not given). With several evaluation loaders
-        the name gets "/dataloader_idx_<i>" unless `add_dataloader_idx=False`."""
-        self.trainer.metrics.log(
-            name, value, prog_bar=prog_bar, on_step=on_step, on_epoch=on_epoch, batch_size=batch_size,
-            add_dataloader_idx=add_dataloader_idx,
-        )
+        """Record a scalar (a tensor, a number or a torchmetrics Metric) with Lightning's
+        semantics (metric_store.py). `sync_dist` is always in effect and costs no extra collective:
+        values are reduced over the processes when they are read (log steps, epoch ends), which
+        are sync points already. `enable_graph`, `sync_dist_group`, `metric_attribute` and
+        `rank_zero_only` are accepted for Lightning code and change nothing."""
+        if self._trainer is None:
+            warnings.warn(f"{type(self).__name__}.log({name!r}) outside a Trainer run is ignored", stacklevel=2)
+            return
+        self._trainer.metrics.log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+                                  reduce_fx=reduce_fx, batch_size=batch_size, add_dataloader_idx=add_dataloader_idx)
+
+    def log_dict(self, dictionary: dict[str, Any], prog_bar: bool = False, logger: bool | None = None,
+                 on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: str | Callable = "mean",
+                 enable_graph: bool = False, sync_dist: bool = False, sync_dist_group: Any = None,
+                 add_dataloader_idx: bool = True, batch_size: int | None = None,
+                 rank_zero_only: bool = False) -> None:
+        for name, value in dictionary.items():
+            self.log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+                     reduce_fx=reduce_fx, batch_size=batch_size, add_dataloader_idx=add_dataloader_idx)
 
     def sum_over_processes(self, tensor: torch.Tensor, async_op: bool = False) -> Any:
         """`tensor` summed over all processes (itself in one process); not differentiated.
@@ -132,10 +232,6 @@ class TrainModule(HyperparametersMixin, nn.Module):
         """
         pending = self.trainer.strategy.all_reduce_sum_async(tensor.detach().clone())
         return pending if async_op else pending.wait()
-
-    def log_dict(self, values: dict[str, torch.Tensor | float], **kwargs: Any) -> None:
-        for name, value in values.items():
-            self.log(name, value, **kwargs)
 
     # -- optimization (Lightning's names; the work is in optimization.py and optimizers.py) -----
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
@@ -181,3 +277,17 @@ class TrainModule(HyperparametersMixin, nn.Module):
 
         optimization.clip_gradients(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+
+LightningModule = TrainModule
+
+
+def positional_arity(fn: Callable[..., Any]) -> int:
+    """How many positional arguments `fn` takes (a large number for *args): a step written
+    `training_step(self, batch)` is called without batch_idx, as Lightning does."""
+    count = 0
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind is param.VAR_POSITIONAL:
+            return 1 << 10
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count

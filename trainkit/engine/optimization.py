@@ -4,8 +4,9 @@ The optimizers come from the module's `configure_optimizers()` (any of Lightning
 read by optimizers.py) or, when the module does not define it, from the Trainer's `optimizer=` /
 `scheduler=` factories (the CLI's config groups).
 
-Automatic optimization (one optimizer): unscale and clip, the `on_before_optimizer_step` hooks,
-step (the precision may skip it), zero the grads, count it, then the schedulers due at this batch.
+Automatic optimization (one optimizer), in Lightning's order: unscale, the
+`on_before_optimizer_step` hooks, clip, step (the precision may skip it), `on_before_zero_grad`,
+zero the grads, count it, then the schedulers due at this batch.
 
 Manual optimization (`module.automatic_optimization = False`, as many optimizers as returned):
 `training_step` calls `self.manual_backward(loss)` and `opt.step()` on what `self.optimizers()`
@@ -114,6 +115,7 @@ def optimizer_step(trainer: Trainer, batch_idx: int, last_batch: bool) -> None:
             stepped = trainer._stepped
         else:
             stepped = _automatic_step(trainer, optimizer)
+        trainer._call("on_before_zero_grad", optimizer)
         if trainer._zeroes_itself:
             module.optimizer_zero_grad(trainer.state.epoch, batch_idx, optimizer)
         else:
@@ -129,14 +131,17 @@ def optimizer_step(trainer: Trainer, batch_idx: int, last_batch: bool) -> None:
 
 
 def _automatic_step(trainer: Trainer, optimizer: torch.optim.Optimizer) -> bool:
-    """Clip, hooks, step; False when the GradScaler skipped the step."""
+    """Hooks, clip, step (Lightning's order); False when the GradScaler skipped the step."""
+    hooks = trainer.hooks.targets("on_before_optimizer_step")
+    if hooks:  # 16-mixed: the hooks see the true gradients (unscaled once; clipping then reuses them)
+        trainer.precision.unscale_gradients(optimizer)
+    for fn in hooks:
+        fn(optimizer)
     if trainer._clips_itself:
         trainer._module.configure_gradient_clipping(optimizer, trainer.gradient_clip_val,
                                                     trainer.gradient_clip_algorithm)
     elif trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
         _clip(trainer, optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
-    for cb in trainer._batch_hooks["on_before_optimizer_step"]:
-        cb.on_before_optimizer_step(trainer, trainer._module, optimizer)
     return trainer.precision.optimizer_step(optimizer)
 
 
@@ -171,7 +176,9 @@ def manual_backward(trainer: Trainer, loss: torch.Tensor, *args: Any, **kwargs: 
         raise UserError(f"{type(trainer._module).__name__}.manual_backward() is for manual optimization: set "
                         "`self.automatic_optimization = False` in __init__, or return the loss from training_step "
                         "and let the Trainer run backward")
+    trainer._call("on_before_backward", loss)
     trainer.precision.backward(loss, *args, **kwargs)
+    trainer._call("on_after_backward")
     trainer._unsynced = {id(opt) for opt in trainer.optimizers}
 
 
@@ -179,8 +186,7 @@ def manual_step(trainer: Trainer, optimizer: torch.optim.Optimizer, closure: Cal
     """`opt.step()` of a handle from `module.optimizers()`."""
     result = closure() if closure is not None else None
     _sync(trainer, optimizer)
-    for cb in trainer._batch_hooks["on_before_optimizer_step"]:
-        cb.on_before_optimizer_step(trainer, trainer._module, optimizer)
+    trainer._call("on_before_optimizer_step", optimizer)
     trainer.precision.optimizer_step(optimizer)
     trainer.state.global_step += 1  # every step() counts, skipped by the GradScaler or not (Lightning)
     return result

@@ -8,11 +8,16 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every CUDA device)."""
+def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
+    """Seed python, numpy and torch (CPU and every CUDA device); returns the seed. Lightning's
+    signature: no seed takes $PL_GLOBAL_SEED or 0; `workers` and `verbose` change nothing here
+    (DataLoader workers get torch's per-worker seeds derived from this one)."""
+    if seed is None:
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds all CUDA devices
+    return seed
 
 
 def set_deterministic(enabled: bool) -> None:

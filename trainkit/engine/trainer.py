@@ -19,10 +19,12 @@ from typing import Any, Callable, Iterable
 import torch
 
 from trainkit.engine import arguments, evaluation, loaders, optimization, trainer_state
-from trainkit.engine.callback import Callback, overrides
+from trainkit.engine.callback import Callback
 from trainkit.engine.data import DataModule
+from trainkit.engine.finite_check import FiniteCheck
 from trainkit.engine.fit_loop import FitLoop
 from trainkit.engine.hparams import logged_hparams
+from trainkit.engine.hooks import Hooks
 from trainkit.engine.metric_store import MetricStore
 from trainkit.engine.module import TrainModule
 from trainkit.engine.optimizers import SchedulerConfig
@@ -158,6 +160,10 @@ class Trainer:
         # fast_dev_run logs nothing (and ModelCheckpoint saves nothing), as in Lightning
         self.loggers = _make_loggers(logger, self.default_root_dir) if self.is_global_zero and not self.fast_dev_run else []
         self.datamodule: DataModule | None = None
+        self._fit_val_dataloaders: Any = None  # what fit was given: validate() without loaders reuses it
+        self._module: TrainModule | None = None  # the module as the user gave it
+        self.hooks = Hooks(self, self.callbacks, None, None)  # rebuilt for each run's module
+        self.finite_check = FiniteCheck(self)
 
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[SchedulerConfig] = []
@@ -187,6 +193,14 @@ class Trainer:
         return self.strategy.world_size
 
     @property
+    def global_rank(self) -> int:
+        return self.strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.strategy.local_rank
+
+    @property
     def global_step(self) -> int:
         return self.state.global_step
 
@@ -200,8 +214,27 @@ class Trainer:
         return self.optimizers[0] if self.optimizers else None
 
     @property
-    def callback_metrics(self) -> dict[str, float]:
+    def lightning_module(self) -> TrainModule | None:
+        return self._module
+
+    @property
+    def logger(self) -> Any:
+        """The first logger (Lightning's `trainer.logger`); None without loggers."""
+        return self.loggers[0] if self.loggers else None
+
+    @property
+    def callback_metrics(self) -> dict[str, torch.Tensor]:
+        """The latest value of every logged metric, as 0-d tensors (as Lightning gives them)."""
         return self.metrics.callback_metrics
+
+    @property
+    def logged_metrics(self) -> dict[str, torch.Tensor]:
+        """What was last sent to the loggers, as 0-d tensors."""
+        return self.metrics.logged_metrics
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        return self.metrics.progress_bar_values()
 
     @property
     def should_stop(self) -> bool:
@@ -231,50 +264,77 @@ class Trainer:
         cb = self.checkpoint_callback
         return cb.dirpath if cb is not None else os.path.join(self.default_root_dir, "checkpoints")
 
-    # -- entry points --------------------------------------------------------------------------
+    # -- entry points (Lightning's signatures) ---------------------------------------------------
     def fit(
         self,
-        module: TrainModule,
-        train_dataloaders: Iterable | None = None,
-        val_dataloaders: Iterable | None = None,
+        model: TrainModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
         datamodule: DataModule | None = None,
+        ckpt_path: str | None = None,
     ) -> None:
+        """Train `model`. A DataModule may come second, as in `trainer.fit(model, dm)`.
+        `ckpt_path` resumes from that checkpoint ("last", or a path) in place of `resume`."""
+        if isinstance(train_dataloaders, DataModule):
+            train_dataloaders, datamodule = None, train_dataloaders
+        self._fit_val_dataloaders = val_dataloaders
+
         def run() -> None:
             def source() -> tuple[Any, Any]:
-                return (loaders.requested("train_dataloader", train_dataloaders, datamodule, module),
-                        loaders.requested("val_dataloader", val_dataloaders, datamodule, module))
+                return (loaders.requested("train_dataloader", train_dataloaders, datamodule, model),
+                        loaders.requested("val_dataloader", val_dataloaders, datamodule, model))
 
             self._data_seed = loaders.shared_data_seed(self.seed, self.strategy)
-            loop = FitLoop(self, module, source, self._signals)  # asks `source` for the loaders
+            loop = FitLoop(self, model, source, self._signals)  # asks `source` for the loaders
             self.estimated_stepping_batches = optimization.estimate_stepping_batches(self)
-            optimization.configure_optimizers(self, module)
-            trainer_state.restore(self)
+            optimization.configure_optimizers(self, model)
+            trainer_state.restore(self, ckpt_path)
+            self.finite_check = FiniteCheck(self)
             self._call("on_fit_start")
             with self._signals, torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 loop.run()
             self._call("on_fit_end")
 
-        self._run(module, datamodule, "fit", run)
+        self._run(model, datamodule, "fit", run)
 
-    def validate(
-        self, module: TrainModule, dataloaders: Iterable | None = None, datamodule: DataModule | None = None
-    ) -> list[dict[str, float]]:
-        """One dict of metrics per val loader."""
-        return self._run(module, datamodule, "validate",
-                         lambda: evaluation.run_stage(self, "validate", module, dataloaders, datamodule))
+    def validate(self, model: TrainModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
+                 verbose: bool = True, datamodule: DataModule | None = None) -> list[dict[str, float]]:
+        """One dict of metrics per val loader. `model=None` after `fit` takes the fitted module (and
+        its data); `ckpt_path`: "best", "last" or a path (None: what `resume` names, else the
+        current weights)."""
+        return self._evaluate("validate", model, dataloaders, ckpt_path, datamodule)
 
-    def test(
-        self, module: TrainModule, dataloaders: Iterable | None = None, datamodule: DataModule | None = None
-    ) -> list[dict[str, float]]:
-        """One dict of metrics per test loader."""
-        return self._run(module, datamodule, "test",
-                         lambda: evaluation.run_stage(self, "test", module, dataloaders, datamodule))
+    def test(self, model: TrainModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
+             verbose: bool = True, datamodule: DataModule | None = None) -> list[dict[str, float]]:
+        """One dict of metrics per test loader; the arguments as `validate`'s."""
+        return self._evaluate("test", model, dataloaders, ckpt_path, datamodule)
 
-    def predict(
-        self, module: TrainModule, dataloaders: Iterable | None = None, datamodule: DataModule | None = None
-    ) -> list[Any]:
-        return self._run(module, datamodule, "predict",
-                         lambda: evaluation.predict(self, module, dataloaders, datamodule))
+    def predict(self, model: TrainModule | None = None, dataloaders: Any = None, datamodule: DataModule | None = None,
+                return_predictions: bool | None = None, ckpt_path: str | None = None) -> list[Any]:
+        """Each batch's `predict_step` output (each rank: those of its shard)."""
+        model, dataloaders, datamodule = self._eval_args("predict", model, dataloaders, datamodule)
+        return self._run(model, datamodule, "predict",
+                         lambda: evaluation.predict(self, model, dataloaders, datamodule), ckpt_path)
+
+    def _evaluate(self, stage: str, model: TrainModule | None, dataloaders: Any, ckpt_path: str | None,
+                  datamodule: DataModule | None) -> list[dict[str, float]]:
+        model, dataloaders, datamodule = self._eval_args(stage, model, dataloaders, datamodule)
+        return self._run(model, datamodule, stage,
+                         lambda: evaluation.run_stage(self, stage, model, dataloaders, datamodule), ckpt_path)
+
+    def _eval_args(self, stage: str, model: TrainModule | None, dataloaders: Any,
+                   datamodule: DataModule | None) -> tuple[TrainModule, Any, DataModule | None]:
+        if isinstance(dataloaders, DataModule):
+            dataloaders, datamodule = None, dataloaders
+        if model is None:
+            if self._module is None:
+                raise UserError(f"trainer.{stage}() without a model needs a fit first; pass the model")
+            model = self._module
+            if dataloaders is None and datamodule is None:  # the data fit used
+                datamodule = self.datamodule
+                if stage == "validate":
+                    dataloaders = self._fit_val_dataloaders
+        return model, dataloaders, datamodule
 
     def save_checkpoint(self, filepath: str | None = None, weights_only: bool = False) -> str:
         """A checkpoint folder for exact resume (in `checkpoint_dir`, named after epoch and step by
@@ -291,65 +351,59 @@ class Trainer:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Send floats to every logger (rank zero only), tagged with the epoch."""
-        if not self.loggers or not metrics:
+        if not metrics:
+            return
+        self.metrics.logged_metrics.update({k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()})
+        if not self.loggers:
             return
         step = self.state.global_step if step is None else step
         row = {**metrics, "epoch": self.state.epoch}
         for lg in self.loggers:
             lg.log_metrics(row, step)
 
-    # -- shared set-up and tear-down -------------------------------------------------------------
-    def _run(self, module: TrainModule, datamodule: DataModule | None, stage: str, body: Callable[[], Any]) -> Any:
+    # -- shared set-up and tear-down, in Lightning's order ----------------------------------------
+    def _run(self, module: TrainModule, datamodule: DataModule | None, stage: str, body: Callable[[], Any],
+             ckpt_path: str | None = None) -> Any:
         self.state.stage = stage
         object.__setattr__(module, "_trainer", self)
         self.datamodule = datamodule
+        if datamodule is not None:
+            datamodule.trainer = self
         # In one process the metric store skips the reduction (and its packing) altogether.
         self.metrics.reduce_sum = self.strategy.all_reduce_sum if self.strategy.world_size > 1 else None
-        self.metrics.world_size = self.strategy.world_size
+        self.metrics.world_size, self.metrics.rank = self.strategy.world_size, self.strategy.global_rank
         if self.seed is not None:
             seed_everything(self.seed)
         set_deterministic(self.deterministic)
-        if datamodule is not None:
-            self.datamodule, datamodule.trainer = datamodule, self
-            datamodule.prepare_data()
-            datamodule.setup(stage)
-        if self.sync_batchnorm and self.world_size > 1:
-            torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place: the module keeps its identity
-        self.model = self.strategy.setup_module(self.precision.convert_module(module))
-        if stage != "fit":
-            trainer_state.load_weights_for_evaluation(self)
-        if self.compile and getattr(module, "_compiled_call_impl", None) is None:
-            module.compile()  # in place: the module keeps its identity and state_dict keys
-        # Per-batch hooks are looked up once: a callback that does not override a hook costs
-        # nothing inside the step.
-        self._batch_hooks = {
-            hook: [cb for cb in self.callbacks if overrides(cb, hook)]
-            for hook in (
-                "on_train_batch_end",
-                "on_before_optimizer_step",
-                "on_validation_batch_end",
-                "on_test_batch_end",
-                "on_predict_batch_end",
-            )
-        }
+        placed = module is self._module and self.model is not None  # validate() after fit(): as it is
         self._module = module
+        self.hooks = Hooks(self, self.callbacks, module, datamodule)
         status = "failed"
         if self.profiler is not None:
             self.profiler.start(stage, self.default_root_dir, self.strategy.global_rank)
         try:
-            for cb in self.callbacks:
-                cb.setup(self, module, stage)
+            if datamodule is not None:
+                datamodule.prepare_data()
+            module.prepare_data()
+            self._call("setup", stage)
+            if not placed:
+                module.configure_model()
+                if self.sync_batchnorm and self.world_size > 1:
+                    torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)  # in place: the module keeps its identity
+                self.model = self.strategy.setup_module(self.precision.convert_module(module))
+                if self.compile and getattr(module, "_compiled_call_impl", None) is None:
+                    module.compile()  # in place: the module keeps its identity and state_dict keys
+            if stage != "fit":
+                trainer_state.load_weights_for_evaluation(self, ckpt_path)
             self._log_hyperparams(module, datamodule)
             result = body()
             status = "success"
             return result
         except BaseException as exc:
-            for cb in self.callbacks:
-                cb.on_exception(self, module, exc)
+            self._call("on_exception", exc)
             raise
         finally:
-            for cb in self.callbacks:
-                cb.teardown(self, module, stage)
+            self._call("teardown", stage)
             for lg in self.loggers:
                 lg.finalize(status)
             if self.profiler is not None:
@@ -364,17 +418,10 @@ class Trainer:
             for lg in self.loggers:
                 lg.log_hyperparams(values)
 
-    def _call(self, hook: str) -> None:
-        for cb in self.callbacks:
-            fn = getattr(cb, hook)
-            if self.profiler is not None and overrides(cb, hook):  # (an inherited no-op is not worth a line)
-                fn = self.profiler.wrap(f"[Callback]{type(cb).__name__}.{hook}", fn)
-            fn(self, self._module)
-
-    def _call_batch(self, hook: str, outputs: Any, batch: Any, batch_idx: int, *dataloader_idx: int) -> None:
-        """`dataloader_idx` is passed only when an evaluation has several loaders (as Lightning)."""
-        for cb in self._batch_hooks[hook]:
-            getattr(cb, hook)(self, self._module, outputs, batch, batch_idx, *dataloader_idx)
+    def _call(self, hook: str, *args: Any) -> None:
+        """Call `hook` on the callbacks and the module (engine/hooks.py: who, in which order)."""
+        for fn in self.hooks.targets(hook):
+            fn(*args)
 
     def _lightning_arguments(self, fast_dev_run: Any, overfit_batches: Any, num_sanity_val_steps: Any,
                              min_epochs: Any, min_steps: Any, reload_every: Any) -> None:

@@ -13,6 +13,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from trainkit.callbacks.weight_averaging import WeightAveraging
 from trainkit.engine.callback import Callback
 from trainkit.engine.hparams import checkpoint_fields
@@ -29,7 +31,11 @@ log = logging.getLogger("trainkit")
 
 def state_dict(trainer: Trainer) -> dict[str, Any]:
     """Everything beyond model and optimizer that resume needs (plain types and tensors)."""
+    # Lightning's checkpoint hooks edit one dict; what they add is saved and given back on resume.
+    hooked = {"epoch": trainer.state.epoch, "global_step": trainer.state.global_step}
+    trainer._call("on_save_checkpoint", hooked)
     return {
+        "hooks": hooked,
         "progress": dataclasses.asdict(trainer.state),
         "data_seed": trainer._data_seed,
         "last_val_step": trainer._last_val_step,
@@ -63,12 +69,14 @@ def load_state_dict(trainer: Trainer, state: dict[str, Any]) -> None:
     for config, saved_state in zip(configs, schedulers):
         config.scheduler.load_state_dict(saved_state)
     trainer.precision.load_state_dict(state["precision"])
+    trainer.hooks.call_load_checkpoint(state.get("hooks", {}))  # before the callbacks' own state, as Lightning
     saved = state["callbacks"]
     for key, cb in keyed_callbacks(trainer.callbacks):
         if key in saved:
             cb.load_state_dict(saved[key])
     trainer.metrics.load_state_dict(state["metrics"])
-    trainer.metrics.callback_metrics.update(state.get("callback_metrics", {}))
+    trainer.metrics.callback_metrics.update(
+        {k: torch.tensor(v, dtype=torch.float64) for k, v in state.get("callback_metrics", {}).items()})
 
 
 def keyed_callbacks(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
@@ -102,6 +110,7 @@ def save_checkpoint(trainer: Trainer, filepath: str | None = None, weights_only:
     callbacks put their averaged weights in as the model's for the time of the save."""
     from trainkit import checkpoint
 
+    trainer.finite_check.check()  # never a checkpoint of weights that a non-finite loss produced
     with contextlib.ExitStack() as stack:
         for cb in trainer.callbacks:
             if isinstance(cb, WeightAveraging):
@@ -141,11 +150,23 @@ def _save_single_file(trainer: Trainer, path: str) -> str:
     return path
 
 
-def checkpoint_to_load(trainer: Trainer) -> str | None:
-    """The checkpoint `resume` names: None for none, the newest intact one for "auto"."""
+def checkpoint_to_load(trainer: Trainer, ckpt_path: str | None = None) -> str | None:
+    """The checkpoint `ckpt_path` (else `resume`) names: None for none, the newest intact one for
+    "auto"; "best" and "last" as in Lightning (the checkpoint callback's best, the newest)."""
     from trainkit import checkpoint
 
-    resume = trainer.resume
+    resume = trainer.resume if ckpt_path is None else ckpt_path
+    if resume == "best":
+        cb = trainer.checkpoint_callback
+        best = cb.best_model_path if cb is not None else None
+        if not best:
+            raise UserError('ckpt_path="best": there is no best checkpoint (that needs a ModelCheckpoint with a '
+                            'monitor that has saved); pass ckpt_path="last" or a path')
+        resume = best
+    elif resume == "last":
+        resume = os.path.join(trainer.checkpoint_dir, checkpoint.LAST)
+        if not os.path.exists(resume):
+            raise UserError(f'ckpt_path="last": no checkpoint in {trainer.checkpoint_dir} yet')
     if resume in (None, "none"):
         return None
     if resume == "auto":
@@ -165,11 +186,11 @@ def checkpoint_to_load(trainer: Trainer) -> str | None:
     return path
 
 
-def restore(trainer: Trainer) -> None:
+def restore(trainer: Trainer, ckpt_path: str | None = None) -> None:
     """Before fit: continue from the checkpoint `resume` names, or start from `init_from`'s weights."""
     from trainkit import checkpoint
 
-    path = checkpoint_to_load(trainer)
+    path = checkpoint_to_load(trainer, ckpt_path)
     if path is None:
         if trainer.init_from:
             _init_weights(trainer)
@@ -216,13 +237,13 @@ def _init_weights(trainer: Trainer) -> None:
     log.info("initialized the model from %s (weights only: fresh optimizer, schedule and counters)", path)
 
 
-def load_weights_for_evaluation(trainer: Trainer) -> None:
+def load_weights_for_evaluation(trainer: Trainer, ckpt_path: str | None = None) -> None:
     """validate / test / predict: the weights of the checkpoint `resume` names, if any."""
     from trainkit import checkpoint
 
-    path = checkpoint_to_load(trainer)
+    path = checkpoint_to_load(trainer, ckpt_path)
     if path is None:
-        if trainer.resume == "auto":
+        if ckpt_path is None and trainer.resume == "auto":
             log.warning("trainer.resume=auto found no checkpoint: %s runs on the model's initial weights",
                         trainer.state.stage)
         return

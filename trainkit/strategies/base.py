@@ -24,6 +24,7 @@ class Strategy(Protocol):
     root_device: torch.device
     world_size: int
     global_rank: int
+    local_rank: int  # the process's index on its machine
     is_global_zero: bool
     # True when every forward is itself a collective (FSDP gathers weights): evaluation must then
     # run as many batches on every rank, which the Trainer checks before it starts.
@@ -36,8 +37,8 @@ class Strategy(Protocol):
 
     def batch_to_device(self, batch: Any) -> Any: ...
 
-    def training_step(self, module: nn.Module, batch: Any, batch_idx: int) -> Any:
-        """Run `module.training_step` through whatever wrapper syncs its gradients."""
+    def training_step(self, module: nn.Module, *args: Any) -> Any:
+        """Run `module.training_step(*args)` through whatever wrapper syncs its gradients."""
 
     def no_backward_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient exchange while `enabled` (non-final micro-batches of an accumulation)."""

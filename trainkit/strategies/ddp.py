@@ -28,8 +28,8 @@ class _TrainingStep(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, batch: Any, batch_idx: int) -> Any:
-        return self.module.training_step(batch, batch_idx)
+    def forward(self, *args: Any) -> Any:
+        return self.module.training_step(*args)
 
 
 class _Pending:
@@ -68,6 +68,7 @@ class DDPStrategy:
         self.env = env
         self.world_size = env.world_size
         self.global_rank = env.rank
+        self.local_rank = env.local_rank
         self.is_global_zero = env.rank == 0
         self.local = SingleDeviceStrategy(device)
         self.root_device = device
@@ -84,8 +85,8 @@ class DDPStrategy:
     def batch_to_device(self, batch: Any) -> Any:
         return self.local.batch_to_device(batch)
 
-    def training_step(self, module: nn.Module, batch: Any, batch_idx: int) -> Any:
-        return self._ddp(batch, batch_idx)
+    def training_step(self, module: nn.Module, *args: Any) -> Any:
+        return self._ddp(*args)
 
     def no_backward_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         return self._ddp.no_sync() if enabled else contextlib.nullcontext()

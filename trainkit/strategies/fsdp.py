@@ -47,8 +47,8 @@ class FSDPStrategy(DDPStrategy):
         fully_shard(module, **options)
         return module
 
-    def training_step(self, module: nn.Module, batch: Any, batch_idx: int) -> Any:
-        return module.training_step(batch, batch_idx)  # fully_shard's hooks sit on module.forward
+    def training_step(self, module: nn.Module, *args: Any) -> Any:
+        return module.training_step(*args)  # fully_shard's hooks sit on module.forward
 
     def average_gradients(self, parameters: list[torch.Tensor]) -> None:
         pass  # fully_shard's backward hooks already reduce-scattered them, in every backward

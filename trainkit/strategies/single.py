@@ -14,6 +14,7 @@ from trainkit.strategies.base import Done
 class SingleDeviceStrategy:
     world_size = 1
     global_rank = 0
+    local_rank = 0
     is_global_zero = True
     forward_in_lockstep = False
     store = None  # one process: a stop signal needs no agreement
@@ -31,8 +32,8 @@ class SingleDeviceStrategy:
         device = self.root_device
         return apply_to_tensors(batch, lambda t: t.to(device, non_blocking=True))
 
-    def training_step(self, module: nn.Module, batch: Any, batch_idx: int) -> Any:
-        return module.training_step(batch, batch_idx)
+    def training_step(self, module: nn.Module, *args: Any) -> Any:
+        return module.training_step(*args)
 
     def no_backward_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         """Skip gradient all-reduce on non-final micro-batches (nothing to skip with one device)."""

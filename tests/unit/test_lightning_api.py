@@ -383,3 +383,17 @@ def test_the_config_schema_takes_the_trainer_signatures_defaults():
     assert len(shared) >= 20
     assert {k: schema[k] for k in shared} == {k: signature[k].default for k in shared}
     assert (schema["resume"], schema["gradient_clip_val"], schema["log_every_n_steps"]) == (None, None, 50)
+
+
+def test_the_training_step_reads_nothing_back_from_the_device(monkeypatch):
+    """No host sync the user did not ask for: the loop reads no tensor per step (a NaN check per
+    micro-batch would read one every step); reads happen only at log steps and epoch ends."""
+    reads = []
+    for name in ("__bool__", "__float__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, (lambda fn, n: lambda self, *a: (reads.append(n), fn(self, *a))[1])(
+            original, name))
+    t = trainer(max_epochs=1, log_every_n_steps=1000, num_sanity_val_steps=0)
+    t.fit(Tiny(), DataLoader(data(64), batch_size=4))  # 16 steps
+    assert t.global_step == 16
+    assert len(reads) <= 3, reads  # the epoch end's reads, whatever the number of steps

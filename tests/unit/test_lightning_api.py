@@ -397,3 +397,28 @@ def test_the_training_step_reads_nothing_back_from_the_device(monkeypatch):
     t.fit(Tiny(), DataLoader(data(64), batch_size=4))  # 16 steps
     assert t.global_step == 16
     assert len(reads) <= 3, reads  # the epoch end's reads, whatever the number of steps
+
+
+def test_batch_transfer_hooks_come_from_the_datamodule_else_the_module():
+    called = []
+
+    class Scaled(Tiny):
+        def on_before_batch_transfer(self, batch, dataloader_idx):
+            called.append(("module.before", dataloader_idx))
+            return [batch[0] * 0, batch[1]]  # the step must see this batch
+
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            called.append(("module.after", dataloader_idx))
+            return batch
+
+        def training_step(self, batch, batch_idx):
+            assert torch.count_nonzero(batch[0]) == 0
+            return super().training_step(batch, batch_idx)
+
+    class Moving(RecordingData):
+        def transfer_batch_to_device(self, batch, device, dataloader_idx):
+            called.append(("dm.transfer", dataloader_idx))
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    trainer(max_steps=1, num_sanity_val_steps=0, limit_val_batches=0).fit(Scaled(), Moving([]))
+    assert called == [("module.before", 0), ("dm.transfer", 0), ("module.after", 0)]

@@ -57,6 +57,7 @@ def evaluate(trainer: Trainer, stage: str, module: TrainModule, shards: list, li
     module.eval()
     metrics.training, metrics.step_default = False, False
     with_batch_idx = positional_arity(step_fn) >= 2
+    transfer = trainer.hooks.batch_transfer()
     batch_start = trainer.hooks.targets(f"on_{prefix}_batch_start")
     batch_end = trainer.hooks.targets(f"on_{prefix}_batch_end")
     trainer._call(f"on_{prefix}_start")
@@ -66,7 +67,8 @@ def evaluate(trainer: Trainer, stage: str, module: TrainModule, shards: list, li
             metrics.dataloader_idx = idx if several else None
             extra = (idx,) if several else ()
             for batch_idx, batch in _batches(trainer, f"{stage}_dataloader_next", loader, limit):
-                batch = strategy.batch_to_device(precision.convert_input(batch))
+                batch = strategy.batch_to_device(precision.convert_input(batch)) if transfer is None \
+                    else transfer(batch, idx)
                 for fn in batch_start:
                     fn(batch, batch_idx, *extra)
                 with precision.autocast():
@@ -102,6 +104,7 @@ def predict(trainer: Trainer, module: TrainModule, dataloaders: Iterable | None,
     with_batch_idx = positional_arity(step_fn) >= 2
     if trainer.profiler is not None:
         step_fn = trainer.profiler.wrap("predict_step", step_fn)
+    transfer = trainer.hooks.batch_transfer()
     batch_start = trainer.hooks.targets("on_predict_batch_start")
     batch_end = trainer.hooks.targets("on_predict_batch_end")
     was_training = module.training
@@ -114,7 +117,8 @@ def predict(trainer: Trainer, module: TrainModule, dataloaders: Iterable | None,
             extra = (idx,) if several else ()
             outputs.append([])
             for batch_idx, batch in _batches(trainer, "predict_dataloader_next", loader, limit):
-                batch = strategy.batch_to_device(precision.convert_input(batch))
+                batch = strategy.batch_to_device(precision.convert_input(batch)) if transfer is None \
+                    else transfer(batch, idx)
                 for fn in batch_start:
                     fn(batch, batch_idx, *extra)
                 with precision.autocast():

@@ -149,6 +149,7 @@ class FitLoop:
         batch_start, batch_end = hooks.targets("on_train_batch_start"), hooks.targets("on_train_batch_end")
         before_backward, after_backward = hooks.targets("on_before_backward"), hooks.targets("on_after_backward")
         finite = trainer.finite_check
+        transfer = hooks.batch_transfer()  # None unless the module or DataModule overrides those hooks
         state.batch_idx = skip
         completed = False
         metrics.step_default = True  # self.log in the batch loop: per step by default (Lightning)
@@ -162,7 +163,7 @@ class FitLoop:
             window_start = batch_idx - batch_idx % accum
             window = min(accum, n - window_start) if not math.isinf(n) else accum
             step_now = batch_idx + 1 == window_start + window or is_last
-            batch = strategy.batch_to_device(precision.convert_input(batch))
+            batch = strategy.batch_to_device(precision.convert_input(batch)) if transfer is None else transfer(batch, 0)
             if batch_start and any(fn(batch, batch_idx) == -1 for fn in batch_start):
                 break  # as Lightning: -1 from on_train_batch_start ends the epoch here
             args = (batch, batch_idx) if with_batch_idx else (batch,)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from trainkit.engine.trainer import Trainer
 
 DATAMODULE_HOOKS = ("setup", "teardown")
+BATCH_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
 
 def overrides(obj: Any, hook: str, base: type) -> bool:
@@ -79,6 +80,31 @@ class Hooks:
         for cb in self.callbacks:
             if overrides(cb, "on_load_checkpoint", Callback):
                 cb.on_load_checkpoint(self.trainer, self.module, checkpoint)
+
+
+    def batch_transfer(self) -> Callable[[Any, int], Any] | None:
+        """Lightning's batch-transfer hooks as one function `(batch, dataloader_idx) -> batch`: each
+        of the three from the DataModule when it overrides it, else from the module (Lightning's
+        choice). None when neither overrides any: the loops then move batches themselves."""
+        def owner(hook: str) -> Callable[..., Any] | None:
+            if self.datamodule is not None and overrides(self.datamodule, hook, DataModule):
+                return getattr(self.datamodule, hook)
+            return getattr(self.module, hook) if overrides(self.module, hook, TrainModule) else None
+
+        before, move, after = (owner(hook) for hook in BATCH_TRANSFER_HOOKS)
+        if before is None and move is None and after is None:
+            return None
+        strategy, precision = self.trainer.strategy, self.trainer.precision
+
+        def transfer(batch: Any, dataloader_idx: int) -> Any:
+            if before is not None:
+                batch = before(batch, dataloader_idx)
+            batch = precision.convert_input(batch)
+            batch = strategy.batch_to_device(batch) if move is None else move(batch, strategy.root_device,
+                                                                                dataloader_idx)
+            return batch if after is None else after(batch, dataloader_idx)
+
+        return transfer
 
 
 def _with_trainer(fn: Callable[..., Any], trainer: Trainer, module: TrainModule) -> Callable[..., Any]:

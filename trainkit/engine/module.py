@@ -121,6 +121,18 @@ class TrainModule(HyperparametersMixin, nn.Module):
     def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
     def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        """Move the tensors of `batch` to `device` (override for batches of your own types)."""
+        from trainkit.engine.tensors import apply_to_tensors
+
+        return apply_to_tensors(batch, lambda t: t.to(device, non_blocking=True))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add plain values (numbers, strings, lists, dicts, tensors) to `checkpoint`: they are
         saved with trainkit's checkpoint and given back to `on_load_checkpoint` on resume."""

@@ -37,6 +37,7 @@ compose stops it before any trial, with 2.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -92,13 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         return _fail(EXIT_BAD_INPUT, f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}, export, "
                      "resume (trainkit --help lists them)")
-    # Hydra re-raises instead of printing its own report; we print one short message instead.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
     failures: list[tuple[BaseException, str | None]] = []
     trials: list = []  # SLURM jobs of a grid sweep's trials, followed together below
     started = time.time()
     try:
-        _run_hydra(command, overrides, failures, project, trials, dry_run)
+        with _hydra_reraises():
+            _run_hydra(command, overrides, failures, project, trials, dry_run)
     except _SweepStopped:
         pass  # a trial was stopped by a signal (reported below); no further trial started
     except KeyboardInterrupt:
@@ -140,6 +140,22 @@ def _take_config_dir(argv: list[str]) -> tuple[list[str], str | None]:
 def _is_run_dir(arg: str) -> bool:
     """A folder, not an override (those have `=`, or start with `~`) nor a flag."""
     return "=" not in arg and not arg.startswith(("-", "~"))
+
+
+@contextlib.contextmanager
+def _hydra_reraises():
+    """Hydra re-raises instead of printing its own report (we print one short message instead).
+    Set for the Hydra run only: left in os.environ it would reach later commands of this process
+    and the processes it starts, which read a user's HYDRA_FULL_ERROR=1 as --debug."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 class _SweepStopped(BaseException):

@@ -158,8 +158,11 @@ def sanity_check(trainer: Trainer, module: TrainModule, shards: list, limits: li
 
 
 def grad_off(trainer: Trainer):
-    """torch.inference_mode (Trainer(inference_mode=True), the default) or torch.no_grad."""
-    return torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+    """torch.inference_mode (Trainer(inference_mode=True), the default, where the strategy allows
+    it) or torch.no_grad."""
+    if trainer.inference_mode and trainer.strategy.supports_inference_mode:
+        return torch.inference_mode()
+    return torch.no_grad()
 
 
 def _batches(trainer: Trainer, action: str, loader: Iterable, limit: int | float) -> Iterable[tuple[int, Any]]:

@@ -29,6 +29,10 @@ class Strategy(Protocol):
     # True when every forward is itself a collective (FSDP gathers weights): evaluation must then
     # run as many batches on every rank, which the Trainer checks before it starts.
     forward_in_lockstep: bool
+    # False where a sharded forward mutates tensors evaluation made (FSDP2's all-gather bumps
+    # version counters, which inference tensors lack): evaluation then runs under no_grad, as
+    # Lightning does for FSDP.
+    supports_inference_mode: bool
     # The group's key-value store (None in one process): ranks agree on a stop signal through it.
     store: Any
 

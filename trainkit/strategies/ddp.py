@@ -60,6 +60,7 @@ _GROUP_STORE = [None]  # the store of this process's group (one group per proces
 
 class DDPStrategy:
     forward_in_lockstep = False
+    supports_inference_mode = True
 
     def __init__(self, env: DistEnv, device: torch.device, find_unused_parameters: bool = False,
                  timeout_s: float = 1800.0) -> None:

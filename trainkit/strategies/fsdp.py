@@ -22,6 +22,7 @@ class FSDPStrategy(DDPStrategy):
     # Every forward gathers the sharded weights from all ranks: evaluation and prediction must run
     # the same number of batches on each (the Trainer checks before it starts).
     forward_in_lockstep = True
+    supports_inference_mode = False
     # Shares the process group, placement and collectives of DDP; only how the module is wrapped
     # and how gradient sync is paused differ.
     def __init__(self, env: DistEnv, device: torch.device, precision_mode: str = "32",

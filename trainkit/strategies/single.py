@@ -17,6 +17,7 @@ class SingleDeviceStrategy:
     local_rank = 0
     is_global_zero = True
     forward_in_lockstep = False
+    supports_inference_mode = True
     store = None  # one process: a stop signal needs no agreement
 
     def __init__(self, device: torch.device) -> None:

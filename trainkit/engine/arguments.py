@@ -78,12 +78,12 @@ def max_time_seconds(value: Any) -> float | None:
     return float(value)
 
 
-def devices_count(value: Any, num_nodes: int) -> int:
-    """devices per node: an int, "auto" (or -1): as many as this process's launcher started."""
+def devices_count(value: Any) -> int:
+    """devices per node: an int, "auto" (or -1): as many as this process's launcher started on its node."""
     if value == "auto" or (value == -1 and not isinstance(value, bool)):
         from trainkit.launch.env import from_environ
 
-        return max(1, from_environ().world_size // max(1, num_nodes))
+        return from_environ().local_world_size
     if isinstance(value, str) and value.isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -31,6 +31,7 @@ from trainkit.engine.optimizers import SchedulerConfig
 from trainkit.engine.seed import seed_everything, set_deterministic
 from trainkit.engine.state import TrainState
 from trainkit.errors import ConfigError, UserError
+from trainkit.launch.env import from_environ
 from trainkit.precision import Precision
 from trainkit.profiler import make_profiler
 from trainkit.signals import StopSignals
@@ -95,13 +96,16 @@ class Trainer:
             max_epochs = None  # Lightning's "no epoch limit"
         elif max_epochs is None and max_steps == -1 and self.max_time is None:
             max_epochs = 1000  # as Lightning: a bound, so a forgotten limit does not run forever
-        devices = arguments.devices_count(devices, num_nodes)
+        devices = arguments.devices_count(devices)
         if accumulate_grad_batches < 1:
             raise ConfigError(f"trainer.accumulate_grad_batches={accumulate_grad_batches} must be >= 1")
         if gradient_clip_algorithm not in ("norm", "value"):
             raise ConfigError(f"gradient_clip_algorithm={gradient_clip_algorithm!r} must be 'norm' or 'value'")
+        # From strings, as Lightning: the ranks are those of the launcher that started this process
+        # (torchrun, an srun step), and the strategy joins their process group.
         self.strategy: Strategy = (
-            make_strategy(strategy, accelerator, devices, num_nodes) if isinstance(strategy, str) else strategy
+            make_strategy(strategy, accelerator, devices, num_nodes, from_environ()) if isinstance(strategy, str)
+            else strategy
         )
         device_type = self.strategy.root_device.type
         self.precision = precision if isinstance(precision, Precision) else Precision(str(precision), device_type)

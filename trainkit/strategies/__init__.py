@@ -47,10 +47,7 @@ def make_strategy(
     env = env or DistEnv()
     wanted = devices * num_nodes
     if env.world_size != wanted:
-        raise ConfigError(
-            f"trainer.devices={devices} x trainer.num_nodes={num_nodes} = {wanted} processes, but this process is "
-            f"one of {env.world_size}; launch through `trainkit fit` (it starts the processes) or make them agree"
-        )
+        raise ConfigError(_world_size_mismatch(devices, num_nodes, env))
     if name == "single" and wanted > 1:
         raise ConfigError(f"strategy=single runs one process, but {wanted} were asked for; use strategy=ddp")
     if wanted == 1 and name not in ("ddp", "fsdp"):
@@ -62,3 +59,14 @@ def make_strategy(
     if name == "fsdp":
         return FSDPStrategy(env, device, precision_mode, wrap_modules, cpu_offload, timeout_s)
     return DDPStrategy(env, device, find_unused_parameters, timeout_s)
+
+
+def _world_size_mismatch(devices: int, num_nodes: int, env: DistEnv) -> str:
+    asked = f"devices={devices} x num_nodes={num_nodes} = {devices * num_nodes} processes"
+    if not env.launcher:
+        # Lightning would start the other processes itself; trainkit leaves that to a launcher.
+        return (f"{asked}, but this process was started alone; run it as `torchrun --nproc_per_node={devices} "
+                f"<script>.py` (or `srun --ntasks-per-node={devices}`), or use `trainkit fit trainer.devices={devices}`")
+    source = "torchrun (WORLD_SIZE)" if env.launcher == "torchrun" else "srun (SLURM_STEP_NUM_TASKS)"
+    return (f"{asked}, but {source} started {env.world_size}; set devices=\"auto\" (or devices x num_nodes = "
+            f"{env.world_size}), or start {devices} processes per node on {num_nodes} node(s)")

@@ -7,6 +7,7 @@ runs after it, on the averaged gradients.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from trainkit.exits import close_process_group
 from trainkit.launch.env import DistEnv
 from trainkit.launch.rendezvous import rendezvous_store
 from trainkit.strategies.single import SingleDeviceStrategy
@@ -52,6 +54,9 @@ def init_process_group(env: DistEnv, backend: str, timeout_s: float):
     store = dist.PrefixStore(f"trainkit/attempt{env.restart_count}", rendezvous_store(env, timeout_s))
     dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout)
     _GROUP_STORE[0] = store
+    # A script of the user's own (Trainer(strategy="ddp") under torchrun) ends at interpreter exit;
+    # a trainkit worker closes the group in exits.leave and never gets here (os._exit).
+    atexit.register(close_process_group)
     return store
 
 
@@ -119,4 +124,4 @@ class DDPStrategy:
         dist.barrier()
 
     def teardown(self) -> None:
-        pass  # the group lives as long as the worker process; the worker destroys it on exit
+        pass  # the group lives as long as the process (fit, then test): closed as the process leaves

@@ -347,6 +347,7 @@ def read_checkpoint(path: str, map_location: Any = None) -> dict[str, Any]:
         weights = {k: v.to(map_location) for k, v in weights.items()}
     progress = trainer_state.get("progress", {})
     return {
+        **trainer_state.get("hooks", {}),  # what on_save_checkpoint added
         "format": FILE_FORMAT,
         "state_dict": weights,
         **{k: trainer_state[k] for k in ("hyper_parameters", "hparams_name", "datamodule_hyper_parameters")

@@ -414,3 +414,22 @@ def test_weight_averaging_refuses_fsdp(tmp_path):
     t.strategy.forward_in_lockstep = True  # what FSDP declares
     with pytest.raises(ConfigError, match="fsdp"):
         t.fit(Scripted(), loader())
+
+
+def test_on_save_checkpoint_extras_reach_load_from_checkpoint(tmp_path):
+    seen = []
+
+    class Extra(Base):
+        def on_save_checkpoint(self, checkpoint):
+            checkpoint["vocab"] = ["a", "b"]
+
+        def on_load_checkpoint(self, checkpoint):
+            seen.append(checkpoint["vocab"])
+
+    t = trainer(tmp_path, max_steps=2)
+    t.fit(Extra(), loader())
+    file, folder = t.save_checkpoint(str(tmp_path / "x.ckpt")), t.save_checkpoint()
+    assert torch.load(file, weights_only=True)["vocab"] == ["a", "b"]
+    Extra.load_from_checkpoint(file)
+    Extra.load_from_checkpoint(folder)
+    assert seen == [["a", "b"], ["a", "b"]]

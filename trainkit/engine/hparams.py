@@ -248,6 +248,7 @@ def load_module(cls: type, path: str, map_location: Any, strict: bool, overrides
 
     contents = checkpoint.read_checkpoint(path, map_location)
     module = rebuild(cls, contents.get("hyper_parameters") or {}, contents.get("hparams_name"), overrides)
+    module.on_load_checkpoint(contents)  # as Lightning: before the weights, with what on_save_checkpoint added
     result = module.load_state_dict(contents["state_dict"], strict=strict)
     if result.missing_keys or result.unexpected_keys:
         log.warning("%s.load_from_checkpoint(%s, strict=False): missing keys %s, unexpected keys %s", cls.__name__,

@@ -17,7 +17,7 @@ import torch
 
 from trainkit.callbacks.weight_averaging import WeightAveraging
 from trainkit.engine.callback import Callback
-from trainkit.engine.hparams import checkpoint_fields
+from trainkit.engine.hparams import checkpoint_fields, plain
 from trainkit.engine.rng import capture_rng
 from trainkit.engine.samplers import GlobalBatchSampler
 from trainkit.engine.state import TrainState
@@ -143,8 +143,11 @@ def _save_single_file(trainer: Trainer, path: str) -> str:
 
     weights = checkpoint.full_model_state(trainer.model)  # a collective under FSDP
     path = os.path.abspath(os.path.expanduser(path))
+    # What the module's and callbacks' on_save_checkpoint add goes into the file too (plain values).
+    hooked = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+    trainer._call("on_save_checkpoint", hooked)
     if trainer.is_global_zero:
-        checkpoint.save_single_file(path, weights, epoch=trainer.current_epoch, global_step=trainer.global_step,
+        checkpoint.save_single_file(path, weights, **plain(hooked, "on_save_checkpoint"),
                                     **checkpoint_fields(trainer._module, trainer.datamodule))
     trainer.strategy.barrier()
     return path

@@ -1,5 +1,5 @@
-"""A Lightning script, only its imports changed, under torchrun: `Trainer(strategy="ddp", devices=2)`
-joins the process group torchrun's environment describes, trains as one process with the same
+"""A Lightning script, only its imports changed, under torchrun or in an srun step:
+`Trainer(strategy="ddp", devices=2)` joins the process group its launcher's environment describes, trains as one process with the same
 global batch does, and the processes leave with exit code 0."""
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import ROOT
+from tests.integration.test_slurm import slurm_cluster  # noqa: F401 - the fixture
 
 SCRIPT = '''
 import sys
@@ -67,12 +69,14 @@ def _run(args: list[str], tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_lightning_script_under_torchrun_trains_as_one_process(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path), "2"],
-         tmp_path)
-    _run([str(script), str(tmp_path), "1"], tmp_path)
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "train.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+def _same_training(tmp_path) -> None:
     two, one = torch.load(tmp_path / "weights2.pt"), torch.load(tmp_path / "weights1.pt")
     init = torch.load(tmp_path / "init.pt")
     assert (two["layer.weight"] - init["layer.weight"]).abs().max() > 0.1  # it trained
@@ -80,3 +84,20 @@ def test_lightning_script_under_torchrun_trains_as_one_process(tmp_path):
         # Not bit for bit: DDP averages two means of 4 samples where one process takes one mean of
         # 8, so the float32 sums round differently; the difference stays at float32 rounding.
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-6)
+
+
+def test_lightning_script_under_torchrun_trains_as_one_process(script, tmp_path):
+    _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path), "2"],
+         tmp_path)
+    _run([str(script), str(tmp_path), "1"], tmp_path)
+    _same_training(tmp_path)
+
+
+@pytest.mark.slurm
+def test_lightning_script_in_an_srun_step_trains_as_one_process(slurm_cluster, script, tmp_path):  # noqa: F811
+    result = subprocess.run(["srun", "-N1", "-n2", "--export=ALL", sys.executable, str(script), str(tmp_path), "2"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    _run([str(script), str(tmp_path), "1"], tmp_path)
+    _same_training(tmp_path)

@@ -49,3 +49,20 @@ def test_several_devices_without_a_launcher_say_how_to_start_them(environ):
     with pytest.raises(ConfigError, match=r"started alone; run it as `torchrun --nproc_per_node=2 <script>.py`.*"
                                           r"`trainkit fit trainer.devices=2`"):
         Trainer(strategy="ddp", devices=2, accelerator="cpu")
+
+
+def test_a_strategy_from_strings_gets_the_precision_fsdp_mixes_in(environ, monkeypatch):
+    import torch
+
+    import trainkit.strategies as strategies
+
+    built = {}
+
+    class Recorded(strategies.SingleDeviceStrategy):
+        def __init__(self, env, device, precision_mode, wrap_modules, cpu_offload, timeout_s):
+            super().__init__(torch.device("cpu"))
+            built["precision_mode"] = precision_mode
+
+    monkeypatch.setattr(strategies, "FSDPStrategy", Recorded)  # no process group in this test process
+    Trainer(strategy="fsdp", precision="bf16", accelerator="cpu", logger=False)  # Lightning's name
+    assert built == {"precision_mode": "bf16-mixed"}

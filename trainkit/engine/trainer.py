@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from trainkit.choices import precision_mode
 from trainkit.engine import arguments, evaluation, loaders, optimization, trainer_state
 from trainkit.engine.callback import Callback
 from trainkit.engine.data import DataModule
@@ -104,7 +105,8 @@ class Trainer:
         # From strings, as Lightning: the ranks are those of the launcher that started this process
         # (torchrun, an srun step), and the strategy joins their process group.
         self.strategy: Strategy = (
-            make_strategy(strategy, accelerator, devices, num_nodes, from_environ()) if isinstance(strategy, str)
+            make_strategy(strategy, accelerator, devices, num_nodes, from_environ(),
+                          precision_mode=_precision_mode(precision)) if isinstance(strategy, str)
             else strategy
         )
         device_type = self.strategy.root_device.type
@@ -449,6 +451,11 @@ class Trainer:
             self.max_steps, self.max_epochs, self.num_sanity_val_steps = n, 1, 0
             self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
             log.info("fast_dev_run: %d batch(es) of each loop; logging and checkpointing are off", n)
+
+
+def _precision_mode(precision: str | Precision) -> str:
+    """What FSDP's mixed-precision policy follows; an unknown name is refused by Precision itself."""
+    return precision.mode if isinstance(precision, Precision) else precision_mode(precision) or "32"
 
 
 def _callback_list(callbacks: Any) -> list[Callback]:

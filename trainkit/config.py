@@ -252,7 +252,7 @@ def _check_lightning_arguments(t: DictConfig) -> None:
         arguments.sanity_steps(t.num_sanity_val_steps)
         arguments.count("min_epochs", t.min_epochs, optional=True)
         arguments.count("min_steps", t.min_steps, optional=True)
-        arguments.max_time_seconds(OmegaConf.to_container(t.max_time) if isinstance(t.max_time, DictConfig)
+        arguments.duration_seconds(OmegaConf.to_container(t.max_time) if isinstance(t.max_time, DictConfig)
                                    else t.max_time)
     except ConfigError as exc:
         raise ConfigError(f"trainer.{exc}") from None

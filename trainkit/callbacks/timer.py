@@ -12,36 +12,16 @@ from __future__ import annotations
 
 import datetime
 import logging
-import re
 import time
 from typing import Any
 
+from trainkit.engine.arguments import duration_seconds
 from trainkit.engine.callback import Callback
 from trainkit.errors import ConfigError
 
 log = logging.getLogger("trainkit")
 
 STAGES = ("train", "sanity_check", "validate", "test", "predict")
-_DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
-
-
-def duration_seconds(value: str | dict | datetime.timedelta | None, owner: str = "Timer(duration=...)") -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        match = _DURATION.fullmatch(value.strip())
-        if not match:
-            raise ConfigError(f"{owner}: {value!r} is not a duration; use \"DD:HH:MM:SS\" (e.g. \"00:12:00:00\")")
-        days, hours, minutes, seconds = (int(g) for g in match.groups())
-        value = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    elif isinstance(value, dict):
-        try:
-            value = datetime.timedelta(**value)
-        except TypeError as exc:
-            raise ConfigError(f"{owner}: {value!r} ({exc}); use keys days, hours, minutes, seconds") from None
-    if not isinstance(value, datetime.timedelta):
-        raise ConfigError(f"{owner}: {value!r} must be \"DD:HH:MM:SS\", a dict of timedelta arguments or a timedelta")
-    return value.total_seconds()
 
 
 class Timer(Callback):
@@ -49,7 +29,7 @@ class Timer(Callback):
                  verbose: bool = True) -> None:
         if interval not in ("step", "epoch"):
             raise ConfigError(f"Timer(interval={interval!r}) must be 'step' or 'epoch'")
-        self._duration = duration_seconds(duration)
+        self._duration = duration_seconds(duration, "Timer(duration)")
         self._interval = interval
         self._verbose = verbose
         self._start_time: dict[str, float | None] = dict.fromkeys(STAGES)

@@ -53,15 +53,16 @@ def sanity_steps(value: Any) -> int | float:
 _DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")
 
 
-def max_time_seconds(value: Any) -> float | None:
-    """max_time as Lightning takes it: "DD:HH:MM:SS", a dict of timedelta arguments
-    ({"hours": 2}), or a timedelta; also a number of seconds."""
+def duration_seconds(value: Any, name: str = "max_time") -> float | None:
+    """A duration as Lightning takes it (Trainer(max_time=...), Timer(duration=...)): "DD:HH:MM:SS",
+    a dict of timedelta arguments ({"hours": 2}), or a timedelta; also a number of seconds. `name`
+    is what the error message calls it."""
     if value is None:
         return None
     if isinstance(value, str):
         match = _DURATION.fullmatch(value.strip())
         if not match:
-            raise ConfigError(f"max_time={value!r} is not a duration: use \"DD:HH:MM:SS\" (e.g. \"00:12:00:00\"), "
+            raise ConfigError(f"{name}={value!r} is not a duration: use \"DD:HH:MM:SS\" (e.g. \"00:12:00:00\"), "
                               "a dict such as {hours: 12}, or a number of seconds")
         days, hours, minutes, seconds = (int(g) for g in match.groups())
         value = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
@@ -69,11 +70,11 @@ def max_time_seconds(value: Any) -> float | None:
         try:
             value = datetime.timedelta(**value)
         except TypeError as exc:
-            raise ConfigError(f"max_time={value!r}: {exc}; use keys days, hours, minutes, seconds") from None
+            raise ConfigError(f"{name}={value!r}: {exc}; use keys days, hours, minutes, seconds") from None
     if isinstance(value, datetime.timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"max_time={value!r} must be a positive duration (\"DD:HH:MM:SS\", a dict, a timedelta "
+        raise ConfigError(f"{name}={value!r} must be a positive duration (\"DD:HH:MM:SS\", a dict, a timedelta "
                           "or seconds)")
     return float(value)
 

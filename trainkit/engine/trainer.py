@@ -92,7 +92,7 @@ class Trainer:
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
-        self.max_time = arguments.max_time_seconds(max_time)
+        self.max_time = arguments.duration_seconds(max_time)
         if max_epochs == -1:
             max_epochs = None  # Lightning's "no epoch limit"
         elif max_epochs is None and max_steps == -1 and self.max_time is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
+import weakref
 from datetime import timedelta
 from typing import Any
 
@@ -55,12 +57,24 @@ def init_process_group(env: DistEnv, backend: str, timeout_s: float):
     dist.init_process_group(backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout)
     _GROUP_STORE[0] = store
     # A script of the user's own (Trainer(strategy="ddp") under torchrun) ends at interpreter exit;
-    # a trainkit worker closes the group in exits.leave and never gets here (os._exit).
-    atexit.register(close_process_group)
+    # a trainkit worker leaves through exits.leave (os._exit), so this never runs there.
+    atexit.register(_close_at_exit)
     return store
 
 
 _GROUP_STORE = [None]  # the store of this process's group (one group per process)
+_WRAPPED: "weakref.WeakSet[DDPStrategy]" = weakref.WeakSet()  # strategies holding a DDP wrapper
+
+
+def _close_at_exit() -> None:
+    """Free the group while the interpreter is whole. A DDP wrapper keeps the group (and gloo's
+    threads, with the last collectives' tensors) alive past destroy_process_group; freed during
+    interpreter finalization instead, they can abort the process after a finished run."""
+    for strategy in list(_WRAPPED):
+        strategy._ddp = None
+    gc.collect()
+    close_process_group()
+    gc.collect()
 
 
 class DDPStrategy:
@@ -86,6 +100,7 @@ class DDPStrategy:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         self._ddp = DistributedDataParallel(_TrainingStep(module), device_ids=device_ids,
                                             find_unused_parameters=self.find_unused_parameters)
+        _WRAPPED.add(self)
         return module
 
     def batch_to_device(self, batch: Any) -> Any:

@@ -201,7 +201,7 @@ def test_checkpoint_round_trip_keeps_the_tied_weights(corpus, tmp_path):
     trainer = _trainer(max_steps=3, enable_checkpointing=True, default_root_dir=str(tmp_path / "run"),
                        limit_val_batches=2)
     trainer.fit(model, datamodule=dm)
-    trained = trainer.callback_metrics["val/loss"]
+    trained = float(trainer.callback_metrics["val/loss"])  # a 0-d tensor, as Lightning gives it
     fresh = TinyGPT(**SMALL)
     (metrics,) = _trainer(resume=str(tmp_path / "run" / "checkpoints" / "last"), limit_val_batches=2).validate(
         fresh, datamodule=dm)

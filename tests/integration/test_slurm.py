@@ -5,6 +5,7 @@ it is not running these tests try to start it (as root), and skip, loudly, only 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -75,7 +76,9 @@ def test_a_slurm_job_trains_like_the_local_launcher(slurm_cluster, local_two_pro
     result = run_cli("fit", *BASE, "launcher=slurm", f"trainer.num_nodes={nodes}", f"trainer.devices={tasks}",
                      f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "submitted SLURM job" in result.stdout and "RUNNING" in result.stdout
+    assert "submitted SLURM job" in result.stdout
+    # sacct lags: a short job can pass RUNNING between two polls, and may still read RUNNING at the end
+    assert re.search(r"SLURM job \d+: (RUNNING|COMPLETING|COMPLETED)", result.stdout), result.stdout
     assert "final validation" in result.stdout  # rank 0's log lines were streamed
     assert train_losses(run) == local_two_processes  # the same global batches, the same sums: bit for bit
     assert (run / "slurm").is_dir() and (run / "config.yaml").exists()

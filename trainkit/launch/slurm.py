@@ -113,17 +113,22 @@ def follow(run: SubmittedRun) -> dict[str, float]:
     job, log_path = run.job, os.path.join(run.run_dir, "trainkit.log")
     offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0  # a resumed run: only new lines
     state, last_state_check = None, 0.0
+
+    def report_state() -> None:
+        nonlocal state
+        info = job.get_info(mode="force")
+        new_state = info.get("State") or "PENDING"
+        if new_state != state:
+            where = f" on {info['NodeList']}" if info.get("NodeList") not in (None, "", "None assigned") else ""
+            log.info("SLURM job %s: %s%s", job.job_id, new_state, where)
+            state = new_state
+
     try:
         while True:
             offset = _print_new_lines(log_path, offset)
             if time.time() - last_state_check >= STATE_POLL_S:
                 last_state_check = time.time()
-                info = job.get_info(mode="force")
-                new_state = info.get("State") or "PENDING"
-                if new_state != state:
-                    where = f" on {info['NodeList']}" if info.get("NodeList") not in (None, "", "None assigned") else ""
-                    log.info("SLURM job %s: %s%s", job.job_id, new_state, where)
-                    state = new_state
+                report_state()
             if job.done():
                 break
             time.sleep(POLL_S)
@@ -132,6 +137,7 @@ def follow(run: SubmittedRun) -> dict[str, float]:
                              f"stops it; tail -f {log_path} follows it)") from None
     time.sleep(POLL_S)  # the last lines may land after the result file
     _print_new_lines(log_path, offset)
+    report_state()  # a short job can end between two polls (sacct lags): its final state is always said
     return outcome(run)
 
 

@@ -205,6 +205,48 @@ def verify(path: str) -> str | None:
     return None
 
 
+def unloadable(path: str) -> str | None:
+    """None when the checkpoint's files can be read back (checked after `verify`); else what
+    cannot be. A checkpoint can match its manifest and still be damage: its DCP metadata refers to
+    a type the safe unpickler refuses, or to a shard that is not there (the manifest rewritten to
+    match). Nothing is unpickled beyond the allow-list, so no code runs."""
+    state = os.path.join(path, "state")
+    metadata_file = os.path.join(state, ".metadata")
+    try:
+        metadata = _SafeReader(state).read_metadata()
+    except Exception as exc:  # noqa: BLE001 - whatever the unpickler refused or could not parse
+        return f"{metadata_file} cannot be read ({_first_line(exc)})"
+    ends: dict[str, int] = {}
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        rel = str(info.relative_path)
+        ends[rel] = max(ends.get(rel, 0), int(info.offset) + int(info.length))
+    for rel, end in sorted(ends.items()):
+        shard = os.path.join(state, rel)
+        if not os.path.isfile(shard):
+            return f"{shard} is missing (named by {metadata_file})"
+        if os.path.getsize(shard) < end:
+            return f"{shard} has {os.path.getsize(shard)} bytes, {metadata_file} needs {end} (truncated?)"
+    # The rank files are each read by their own rank at load; trainer.pt by every rank.
+    trainer_file = os.path.join(path, "trainer.pt")
+    try:
+        torch.load(trainer_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch names what weights_only refused
+        return f"{trainer_file} cannot be read ({_first_line(exc)})"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The line that says why: torch's weights_only refusal puts it after a paragraph of advice."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
+def damage(path: str) -> str | None:
+    """What is wrong with the checkpoint at `path` (its manifest, then whether it loads), or None."""
+    return verify(path) or unloadable(path)
+
+
 def candidates(directory: str) -> list[str]:
     """Checkpoint folders in `directory`, `last`'s target first, then newest step first."""
     if not os.path.isdir(directory):
@@ -227,7 +269,7 @@ def find_resumable(directory: str) -> tuple[str | None, list[str]]:
     with each one skipped on the way."""
     problems = []
     for path in candidates(directory):
-        problem = verify(path)
+        problem = damage(path)
         if problem is None:
             return path, problems
         problems.append(problem)
@@ -336,7 +378,7 @@ def read_checkpoint(path: str, map_location: Any = None) -> dict[str, Any]:
             return torch.load(resolved, map_location=map_location, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch names what it could not read
             raise UserError(f"{path} is not a readable checkpoint file: {str(exc).splitlines()[0]}") from exc
-    problem = verify(resolved)
+    problem = damage(resolved)
     if problem is not None:
         raise UserError(f"checkpoint {path}: {problem}")
     trainer_state = torch.load(os.path.join(resolved, "trainer.pt"), map_location="cpu", weights_only=True)
@@ -358,10 +400,12 @@ def read_checkpoint(path: str, map_location: Any = None) -> dict[str, Any]:
 
 
 def _dcp_load(state: dict[str, Any], path: str) -> None:
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
     try:
         with _quiet_single_process():
             dcp.load(state, storage_reader=_SafeReader(os.path.join(path, "state")), no_dist=not _distributed())
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:
         raise UserError(f"checkpoint {path} does not fit this model/optimizer: {str(exc).splitlines()[0]}") from exc
 
 

@@ -248,7 +248,7 @@ def _export(args: list[str], debug: bool) -> int:
     from trainkit import checkpoint
 
     path = checkpoint.resolve(args[0])
-    problem = checkpoint.verify(path)
+    problem = checkpoint.damage(path)
     if problem is not None:
         return _fail(EXIT_BAD_INPUT, f"cannot export: {problem}")
     try:

@@ -183,7 +183,7 @@ def checkpoint_to_load(trainer: Trainer, ckpt_path: str | None = None) -> str | 
             log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", trainer.checkpoint_dir)
         return path
     path = checkpoint.resolve(resume)
-    problem = checkpoint.verify(path)
+    problem = checkpoint.damage(path)
     if problem is not None:
         raise UserError(f"trainer.resume={resume}: {problem}")
     return path
@@ -225,7 +225,7 @@ def _init_weights(trainer: Trainer) -> None:
     from trainkit import checkpoint
 
     path = checkpoint.resolve(trainer.init_from)
-    problem = checkpoint.verify(path)
+    problem = checkpoint.damage(path)
     if problem is not None:
         raise UserError(f"trainer.init_from={trainer.init_from}: {problem}")
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException

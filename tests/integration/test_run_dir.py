@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,24 +72,41 @@ def test_resume_of_a_sweep_reruns_only_the_trial_that_did_not_complete(tmp_path)
     assert (sweep / "1" / "results.json").stat().st_mtime_ns == untouched
 
 
-def test_sigterm_to_the_launcher_of_two_processes_is_a_stop_and_the_run_resumes(tmp_path):
-    """The elastic agent itself gets the signal (FINDINGS: it forwards it, then raises): a stop with
-    a checkpoint and exit 143, not a failure."""
-    run = tmp_path / "run"
-    args = [*SMALL_DATA, "trainer.devices=2", "trainer.max_epochs=1", "trainer.checkpoint_every_n_steps=2",
-            "+callbacks.pace._target_=tests.integration.chaos.Pace", "+callbacks.pace.seconds=0.2", f"hydra.run.dir={run}"]
+def _stop_the_launcher(args: list[str], run, sig: int, after_step: int) -> tuple[int, str]:
+    """Start `trainkit fit` on 2 processes, send `sig` to the launcher (the elastic agent's process)
+    once rank 0 has passed `after_step` with a checkpoint on disk; its exit code and stderr."""
     proc = subprocess.Popen([sys.executable, "-m", "trainkit", "fit", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / "last").exists():
+    pace, deadline = run / "pace.step", time.monotonic() + 120
+    while not ((run / "checkpoints" / "last").exists() and pace.exists() and int(pace.read_text() or 0) > after_step):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "stopped by SIGTERM" in err and f"resume with: trainkit resume {run}" in err
-    assert "training failed" not in err
+    return proc.returncode, err
+
+
+def test_sigterm_and_sigint_to_the_launcher_of_two_processes_are_stops_and_the_run_resumes_exactly(tmp_path):
+    """The elastic agent itself gets the signal (FINDINGS: it forwards it, then raises): a stop said
+    as one process says it, exit 128 + N, and `trainkit resume` continues the same run."""
+    plain, run = tmp_path / "plain", tmp_path / "run"
+    args = [*SMALL_DATA, "trainer.devices=2", "trainer.max_epochs=2", "trainer.checkpoint_every_n_steps=2",
+            "trainer.log_every_n_steps=1"]
+    assert run_cli("fit", *args, f"hydra.run.dir={plain}").returncode == 0  # 12 steps an epoch
+    paced = [*args, "+callbacks.pace._target_=tests.integration.chaos.Pace", "+callbacks.pace.seconds=0.2",
+             f"hydra.run.dir={run}", "trainer.resume=auto"]
+    code, err = _stop_the_launcher(paced, run, signal.SIGTERM, 0)
+    assert code == 128 + signal.SIGTERM, err
+    first = int(re.search(r"trainkit: stopped by SIGTERM at step (\d+); checkpoint saved: (\S+)", err)[1])
+    assert f"step={first}" in (run / "checkpoints" / "last").resolve().name
+    assert f"resume with: trainkit resume {run}" in err and "training failed" not in err
+
+    code, err = _stop_the_launcher(paced, run, signal.SIGINT, first)  # Ctrl-C to the resumed run
+    assert code == 128 + signal.SIGINT, err
+    second = int(re.search(r"trainkit: stopped by SIGINT at step (\d+); checkpoint saved: ", err)[1])
+    assert first < second < 24 and f"resume with: trainkit resume {run}" in err
 
     result = run_cli("resume", str(run))
     assert result.returncode == 0, result.stderr
-    assert "resumed from" in result.stdout
+    assert "resumed from" in result.stdout and f"step={second}" in result.stdout
+    assert_same_run(plain, run)  # every logged loss as the same string, the final weights equal

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,27 +78,82 @@ def launch(config_path: str, nproc: int, max_restarts: int) -> None:
         start_method="spawn",
     )
     log.info("starting %d worker processes (max_restarts=%d)", nproc, max_restarts)
+    run_dir = os.path.dirname(config_path)
+    stop = _Stop()
     try:
-        with _restart_notes(os.path.dirname(config_path), max_restarts):
+        with _restart_notes(run_dir, max_restarts, stop), _stop_signals(stop):
             elastic_launch(config, sys.executable)("-m", "trainkit.launch.worker", config_path)
     except ChildFailedError as exc:
-        stopped = _stopped_by_signal(exc.failures, os.path.dirname(config_path))
+        stopped = _stopped_by_signal(exc.failures, run_dir)
         raise stopped or _describe(*_first_failure(exc.failures)) from None
     except SignalException as exc:  # the agent itself got the signal and forwarded it to the workers
-        last = os.path.realpath(os.path.join(os.path.dirname(config_path), "checkpoints", "last"))
-        saved = f"; last checkpoint: {last}" if os.path.exists(last) else ""
-        raise Interrupted(int(exc.sigval), f"stopped by {signal.Signals(exc.sigval).name}{saved}") from None
+        raise _stop_report(int(exc.sigval), run_dir, stop) from None
+
+
+@dataclass
+class _Stop:
+    """A stop signal to this launcher: when it came, whether a second Ctrl-C followed, the workers."""
+    signum: int | None = None
+    at: float = 0.0
+    at_once: bool = False
+    pids: list[int] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _stop_signals(stop: _Stop):
+    """The agent's handler of stop signals, for this launch: the first one goes to the agent as
+    before (it forwards the signal to the workers, which save, and waits for them); a second Ctrl-C
+    is passed on to the workers, which then stop at once without saving. (Left to torch, a second
+    signal would send the workers SIGTERM, which a worker saving already ignores.)"""
+    from torch.distributed.elastic.multiprocessing import api
+
+    original = api._terminate_process_handler
+
+    def handler(signum, frame):
+        if stop.signum is None:
+            stop.signum, stop.at = signum, time.time()
+            original(signum, frame)  # raises SignalException
+        if signum == signal.SIGINT and not stop.at_once:
+            stop.at_once = True
+            for pid in stop.pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
+
+    api._terminate_process_handler = handler  # PContext.start installs it by this name
+    try:
+        yield
+    finally:
+        api._terminate_process_handler = original
+
+
+def _stop_report(signum: int, run_dir: str, stop: _Stop) -> Interrupted:
+    """The stop said as one process says it: the step and the checkpoint saved for it, or, when
+    none was (a second Ctrl-C, workers killed before they finished saving), the intact one."""
+    from trainkit.checkpoint import step_of
+
+    name = signal.Signals(signum).name
+    last = os.path.join(run_dir, "checkpoints", "last")
+    saved = os.path.lexists(last) and os.lstat(last).st_mtime >= stop.at  # `last` moves only once complete
+    path = os.path.realpath(last)
+    if saved and not stop.at_once:
+        return Interrupted(signum, f"stopped by {name} at step {step_of(path)}; checkpoint saved: {path}")
+    how = "stopped at once by a second Ctrl-C" if stop.at_once else f"stopped by {name} before a checkpoint was saved"
+    intact = f"last checkpoint: {path} (step {step_of(path)})" if os.path.exists(last) else "no checkpoint yet"
+    return Interrupted(signum, f"{how}; {intact}")
 
 
 def _stopped_by_signal(failures: dict, run_dir: str) -> Interrupted | None:
     """Every worker left with 128 + N after saving at the same step (trainkit.signals): not a
     failure but a stop, reported like a single process's."""
+    from trainkit.checkpoint import step_of
+
     codes = {failure.exitcode for failure in failures.values()}
     if len(codes) != 1 or not 128 < next(iter(codes)) < 128 + 65:
         return None
     signum = next(iter(codes)) - 128
     last = os.path.realpath(os.path.join(run_dir, "checkpoints", "last"))
-    return Interrupted(signum, f"stopped by {signal.Signals(signum).name}; checkpoint saved: {last}")
+    return Interrupted(signum, f"stopped by {signal.Signals(signum).name} at step {step_of(last)}; "
+                       f"checkpoint saved: {last}")
 
 
 def _first_failure(failures: dict) -> tuple[int, object]:
@@ -106,10 +162,11 @@ def _first_failure(failures: dict) -> tuple[int, object]:
 
 
 @contextlib.contextmanager
-def _restart_notes(run_dir: str, max_restarts: int):
+def _restart_notes(run_dir: str, max_restarts: int, stop: _Stop):
     """Say in the console and in the run's log which rank failed, how, and where the restarted
     group resumes from. The agent learns of a failure in `_monitor_workers` and restarts the group
-    without reporting it; this wraps that one method of torch's LocalElasticAgent, for this launch."""
+    without reporting it; this wraps that one method of torch's LocalElasticAgent, for this launch
+    (and keeps the workers' pids for `_stop_signals`)."""
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
     monitor = LocalElasticAgent._monitor_workers
@@ -117,6 +174,7 @@ def _restart_notes(run_dir: str, max_restarts: int):
 
     def noting(agent, group):
         result = monitor(agent, group)
+        stop.pids = [worker.id for worker in group.workers if worker.id is not None]
         if result.is_failed() and agent._remaining_restarts > 0:
             restarts[0] += 1
             rank, failure = _first_failure(result.failures)

@@ -62,7 +62,7 @@ def save(
     """Write a complete checkpoint `<directory>/<name>` and point `last` at it. Every rank calls
     this; rank zero publishes. Returns the checkpoint's path."""
     final = os.path.join(directory, name)
-    tmp = os.path.join(directory, f".tmp-{name}")
+    tmp = temporary(directory, name)
     if is_global_zero:
         shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
         os.makedirs(tmp)
@@ -83,6 +83,11 @@ def save(
         point_last(directory, name)
     barrier()
     return final
+
+
+def temporary(directory: str, name: str) -> str:
+    """Where checkpoint `name` is written before it is published (removed when a save fails)."""
+    return os.path.join(directory, f".tmp-{name}")
 
 
 def point_last(directory: str, name: str) -> None:

@@ -104,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(EXIT_INTERRUPTED, "interrupted")
     except Exception as exc:  # noqa: BLE001 - Hydra could not compose the config: a bad override
+        from trainkit.storage import refused_write
+
+        refused = refused_write(exc)
+        if refused is not None:  # Hydra's .hydra/ files or config.yaml on a full disk: not bad input
+            where = f": {refused.filename}" if refused.filename else ""
+            return _fail(EXIT_FAILED, f"could not write the run directory ({refused.strerror}{where}); nothing was "
+                         "trained; free space, or set another hydra.run.dir", debug, exc)
         return _fail(EXIT_BAD_INPUT, _hydra_message(exc, project), debug, exc)
     if trials:
         from trainkit.launch.slurm import follow_trials

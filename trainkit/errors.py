@@ -22,6 +22,11 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or Inf."""
 
 
+class StorageError(Exception):
+    """The machine refused a write (disk full, permission denied, a folder gone): exit 1, with the
+    file, the step and the intact checkpoint in the message (trainkit.storage)."""
+
+
 class Interrupted(Exception):
     """Training stopped on a signal after saving a checkpoint (exit code 128 + the signal)."""
 

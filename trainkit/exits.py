@@ -13,13 +13,14 @@ SIGTERM, 130 for Ctrl-C).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from trainkit.errors import Interrupted, UserError
+from trainkit.errors import Interrupted, StorageError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -42,6 +43,8 @@ def exit_code(exc: BaseException) -> tuple[int, str]:
         return exc.exit_code, str(exc)
     if isinstance(exc, UserError):
         return EXIT_BAD_INPUT, str(exc)
+    if isinstance(exc, StorageError):  # the message says it all; the traceback is in the log
+        return EXIT_FAILED, str(exc)
     return EXIT_FAILED, where(exc)
 
 
@@ -72,16 +75,18 @@ def record_failure(exc: BaseException, run_dir: str | None) -> None:
 
     code, message = exit_code(exc)
     stopped = isinstance(exc, Interrupted)
-    if not stopped:
-        with open(os.path.join(run_dir, "trainkit.log"), "a") as f:
-            f.write(f"error: {message}\n" + "".join(traceback.format_exception(exc)))
-    write_status(run_dir, code, message, "interrupted" if stopped else "failed")
+    with contextlib.suppress(OSError):  # on a full disk or a folder gone the console line still says why
+        if not stopped:
+            with open(os.path.join(run_dir, "trainkit.log"), "a") as f:
+                f.write(f"error: {message}\n" + "".join(traceback.format_exception(exc)))
+        write_status(run_dir, code, message, "interrupted" if stopped else "failed")
 
 
 def record_worker_traceback(run_dir: str, rank: int) -> None:
     """A worker's traceback, into the run's log (the console gets one line)."""
-    with open(os.path.join(run_dir, "trainkit.log"), "a") as f:
-        f.write(f"rank {rank} failed:\n{traceback.format_exc()}")
+    with contextlib.suppress(OSError):  # on a full disk or a folder gone the console line still says why
+        with open(os.path.join(run_dir, "trainkit.log"), "a") as f:
+            f.write(f"rank {rank} failed:\n{traceback.format_exc()}")
 
 
 def close_process_group(barrier: bool = False) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from trainkit import storage
 from trainkit.choices import precision_mode
 from trainkit.engine import arguments, evaluation, loaders, optimization, trainer_state
 from trainkit.engine.callback import Callback
@@ -364,8 +365,9 @@ class Trainer:
             return
         step = self.state.global_step if step is None else step
         row = {**metrics, "epoch": self.state.epoch}
-        for lg in self.loggers:
-            lg.log_metrics(row, step)
+        with storage.logging_step(step, self.checkpoint_dir):
+            for lg in self.loggers:
+                lg.log_metrics(row, step)
 
     # -- shared set-up and tear-down, in Lightning's order ----------------------------------------
     def _run(self, module: TrainModule, datamodule: DataModule | None, stage: str, body: Callable[[], Any],
@@ -410,8 +412,9 @@ class Trainer:
             raise
         finally:
             self._call("teardown", stage)
-            for lg in self.loggers:
-                lg.finalize(status)
+            with storage.logging_step(self.state.global_step, self.checkpoint_dir, failing=status != "success"):
+                for lg in self.loggers:
+                    lg.finalize(status)
             if self.profiler is not None:
                 report = self.profiler.stop()
                 if self.is_global_zero:

@@ -11,17 +11,19 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainkit import storage
 from trainkit.callbacks.weight_averaging import WeightAveraging
 from trainkit.engine.callback import Callback
 from trainkit.engine.hparams import checkpoint_fields, plain
 from trainkit.engine.rng import capture_rng
 from trainkit.engine.samplers import GlobalBatchSampler
 from trainkit.engine.state import TrainState
-from trainkit.errors import UserError
+from trainkit.errors import StorageError, UserError
 
 if TYPE_CHECKING:
     from trainkit.engine.trainer import Trainer
@@ -120,22 +122,44 @@ def save_checkpoint(trainer: Trainer, filepath: str | None = None, weights_only:
         if weights_only:
             raise UserError(f"save_checkpoint({filepath!r}, weights_only=True) writes a single file: give a path "
                             f"ending in {' / '.join(checkpoint.FILE_SUFFIXES)}")
-        for lg in trainer.loggers:  # what was logged up to this step is on disk before the checkpoint
-            lg.flush()
+        with storage.logging_step(trainer.state.global_step, trainer.checkpoint_dir):
+            for lg in trainer.loggers:  # what was logged up to this step is on disk before the checkpoint
+                lg.flush()
         name = filepath or f"epoch={trainer.state.epoch}-step={trainer.state.global_step}"
         directory = os.path.dirname(os.path.abspath(name)) if os.sep in name else trainer.checkpoint_dir
-        os.makedirs(directory, exist_ok=True)
-        return checkpoint.save(
-            directory,
-            os.path.basename(name),
-            model=trainer.model,
-            optimizers=trainer.optimizers,
-            trainer_state=state_dict(trainer),
-            rank_state={"rng": capture_rng(), "epoch_rng": trainer._epoch_rng},
-            rank=trainer.strategy.global_rank,
-            is_global_zero=trainer.is_global_zero,
-            barrier=trainer.strategy.barrier,
-        )
+        try:
+            os.makedirs(directory, exist_ok=True)
+            return checkpoint.save(
+                directory,
+                os.path.basename(name),
+                model=trainer.model,
+                optimizers=trainer.optimizers,
+                trainer_state=state_dict(trainer),
+                rank_state={"rng": capture_rng(), "epoch_rng": trainer._epoch_rng},
+                rank=trainer.strategy.global_rank,
+                is_global_zero=trainer.is_global_zero,
+                barrier=trainer.strategy.barrier,
+            )
+        except BaseException as exc:
+            _fail_save(trainer, exc, directory, os.path.basename(name))
+            raise
+
+
+def _fail_save(trainer: Trainer, exc: BaseException, directory: str, name: str) -> None:
+    """After a save failed: nothing half-written stays behind, and a write the machine refused
+    (disk full, permission denied, the folder gone) becomes one StorageError naming the step and
+    what is intact. Other failures are left to propagate as they are."""
+    from trainkit import checkpoint
+
+    partial = checkpoint.temporary(directory, name)
+    stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
+    # Looked at before the clean-up frees the space: a full disk is still full now.
+    refused = None if stopped else storage.refusal(exc, partial if os.path.isdir(partial) else directory)
+    if trainer.is_global_zero:
+        shutil.rmtree(partial, ignore_errors=True)
+    if refused is not None:
+        raise StorageError(f"saving the checkpoint of step {trainer.state.global_step} failed: {refused}; nothing "
+                           f"of it was kept; {storage.intact(directory)}") from exc
 
 
 def _save_single_file(trainer: Trainer, path: str) -> str:

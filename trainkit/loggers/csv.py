@@ -9,7 +9,9 @@ the first step the resumed run logs are replaced (it logs them again, identicall
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 from typing import Any
 
@@ -69,14 +71,28 @@ class CSVLogger:
             self._columns.extend(new_columns)
             self._rewrite()
         else:
-            with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=self._columns).writerow(row)
+            line = io.StringIO()
+            csv.DictWriter(line, fieldnames=self._columns).writerow(row)
+            with open(self.path, "ab", buffering=0) as f:
+                end = f.tell()
+                try:
+                    f.write(line.getvalue().encode())
+                except OSError as exc:  # a full disk: never half a row, so the file stays a valid CSV
+                    f.truncate(end)
+                    exc.filename = exc.filename or self.path
+                    raise
 
     def _rewrite(self) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         tmp = self.path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._columns)
-            writer.writeheader()
-            writer.writerows(self._written)
+        try:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self._columns)
+                writer.writeheader()
+                writer.writerows(self._written)
+        except OSError as exc:  # the file in place stays as it was
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            exc.filename = exc.filename or tmp
+            raise
         os.replace(tmp, self.path)

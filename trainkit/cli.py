@@ -47,7 +47,7 @@ import traceback
 from pathlib import Path
 
 from trainkit.choices import COMMANDS
-from trainkit.errors import Interrupted, UserError
+from trainkit.errors import Interrupted, RunDirLocked, UserError
 from trainkit.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, exit_code, record_failure
 from trainkit.project import Project, activate, builtin_config_dir, find_project, record
 
@@ -275,7 +275,7 @@ def report_failure(exc: BaseException, run_dir: str | None, debug: bool, sweep_d
         print(f"trainkit: {exc}{resume}", file=sys.stderr)
         return exit_code(exc)[0]
     code, message = exit_code(exc)
-    if run_dir and os.path.isdir(run_dir):  # record_failure wrote the whole story there
+    if run_dir and os.path.isdir(run_dir) and not isinstance(exc, RunDirLocked):  # record_failure wrote it there
         message += f"\n  log: {os.path.join(run_dir, 'trainkit.log')}"
     return _fail(code, message, debug, exc)
 

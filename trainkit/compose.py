@@ -15,7 +15,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainkit import crossval
+from trainkit import crossval, run_lock
 from trainkit.config import check_values
 from trainkit.launch import Outcome, launcher_for
 from trainkit.launch.env import from_environ
@@ -44,10 +44,14 @@ def run_composed(command: str, cfg: DictConfig, dry_run: bool = False, trials: l
 
             shutil.rmtree(run_dir)  # a dry run leaves no run directory behind
         return Outcome()
-    config_path = write_config(cfg)
-    if env.is_worker:
-        _config_of_rank_zero(env, run_dir, config_path)
-    return launcher.launch(config_path, cfg)
+    lock = run_lock.acquire(run_dir)  # one writer per run folder: before anything is written into it
+    try:
+        config_path = write_config(cfg)
+        if env.is_worker:
+            _config_of_rank_zero(env, run_dir, config_path)
+        return launcher.launch(config_path, cfg)
+    finally:
+        lock.release()  # (a SLURM job that took it over keeps it: RunLock.hand_to_job)
 
 
 def write_config(cfg: DictConfig) -> str:

@@ -18,6 +18,10 @@ class DataError(UserError):
     """A data file is missing or malformed. The message names the file (and line)."""
 
 
+class RunDirLocked(UserError):
+    """Another run writes this run folder (trainkit.run_lock); nothing is written into it."""
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or Inf."""
 

@@ -20,7 +20,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from trainkit.errors import Interrupted, StorageError, UserError
+from trainkit.errors import Interrupted, RunDirLocked, StorageError, UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -69,7 +69,7 @@ def where(exc: BaseException) -> str:
 def record_failure(exc: BaseException, run_dir: str | None) -> None:
     """The run directory keeps the whole story: the error and its traceback in trainkit.log, the
     status in results.json (what the sweep summary and `trainkit resume` of a sweep read)."""
-    if not run_dir or not os.path.isdir(run_dir):
+    if not run_dir or not os.path.isdir(run_dir) or isinstance(exc, RunDirLocked):  # not this command's folder
         return
     from trainkit.sweeps.results import record_failure as write_status
 

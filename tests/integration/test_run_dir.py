@@ -14,6 +14,7 @@ from tests.integration.test_resume import BASE, assert_same_run, run_cli
 
 SEVERAL = ["trainer.accumulate_grad_batches=2", "scheduler=cosine", "scheduler.warmup_steps=5", "optimizer.lr=0.005",
            "model.hidden_size=32"]
+PACED = ["+callbacks.pace._target_=tests.integration.chaos.Pace", "+callbacks.pace.seconds=2"]
 SHORT = [*SMALL_DATA, "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
 
 
@@ -110,3 +111,29 @@ def test_sigterm_and_sigint_to_the_launcher_of_two_processes_are_stops_and_the_r
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout and f"step={second}" in result.stdout
     assert_same_run(plain, run)  # every logged loss as the same string, the final weights equal
+
+
+def test_a_second_fit_on_a_folder_in_use_exits_2_naming_the_first_and_takes_over_once_it_was_killed(tmp_path):
+    run = tmp_path / "run"
+    args = [*SMALL_DATA, "trainer.max_steps=4", "trainer.limit_val_batches=1", f"hydra.run.dir={run}"]
+    first = subprocess.Popen([sys.executable, "-m", "trainkit", "fit", *args, *PACED], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "pace.step").exists():  # training, with the folder locked
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        log = (run / "trainkit.log").read_text()
+        second = run_cli("fit", *args)
+        assert second.returncode == 2, second.stderr
+        assert f"run folder {run} is in use by another run: pid {first.pid} on " in second.stderr
+        assert "started 20" in second.stderr and "trainkit fit" in second.stderr and "log:" not in second.stderr
+        assert (run / "trainkit.log").read_text().startswith(log) and "error" not in (run / "trainkit.log").read_text()
+        first.kill()  # kill -9, and not reaped yet: a zombie holds its pid
+        third = run_cli("fit", *args)
+    finally:
+        first.kill()
+        first.wait()
+    assert third.returncode == 0, third.stderr
+    assert f"was locked by pid {first.pid} on " in third.stderr and "which is gone: taking the lock over" in third.stderr
+    assert not (run / "trainkit.lock").exists()  # released at the end

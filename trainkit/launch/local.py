@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
+from trainkit import run_lock
 from trainkit.errors import ConfigError, Interrupted, UserError
 from trainkit.exits import WorkerFailed
 from trainkit.launch import Outcome
@@ -166,7 +167,7 @@ def _restart_notes(run_dir: str, max_restarts: int, stop: _Stop):
     """Say in the console and in the run's log which rank failed, how, and where the restarted
     group resumes from. The agent learns of a failure in `_monitor_workers` and restarts the group
     without reporting it; this wraps that one method of torch's LocalElasticAgent, for this launch
-    (and keeps the workers' pids for `_stop_signals`)."""
+    (and keeps the workers' pids for `_stop_signals` and the run folder's lock)."""
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
     monitor = LocalElasticAgent._monitor_workers
@@ -174,7 +175,10 @@ def _restart_notes(run_dir: str, max_restarts: int, stop: _Stop):
 
     def noting(agent, group):
         result = monitor(agent, group)
-        stop.pids = [worker.id for worker in group.workers if worker.id is not None]
+        pids = [worker.id for worker in group.workers if worker.id is not None]
+        if pids != stop.pids and run_lock.held(run_dir):  # the run folder stays locked while its workers live
+            run_lock.held(run_dir).add_processes(pids)
+        stop.pids = pids
         if result.is_failed() and agent._remaining_restarts > 0:
             restarts[0] += 1
             rank, failure = _first_failure(result.failures)

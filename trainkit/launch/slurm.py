@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from trainkit import run_lock
 from trainkit.errors import ConfigError, Interrupted, UserError
 from trainkit.exits import WorkerFailed
 from trainkit.launch import Outcome
@@ -91,12 +92,15 @@ def submit(config_path: str, cfg: DictConfig) -> SubmittedRun:
         raise ConfigError("launcher=slurm, but SLURM was not found (no `sbatch` on PATH): run on a SLURM login "
                           "node, or on this machine with launcher=local (the default)")
     executor = executor_for(cfg)
+    lock = run_lock.held(cfg.run_dir)
     try:
-        job = executor.submit(SlurmTask(config_path))
+        job = executor.submit(SlurmTask(config_path, lock.token if lock else ""))
     except Exception as exc:  # noqa: BLE001 - submitit raises FailedJobError with sbatch's stderr
         message = " ".join(str(exc).split()) or type(exc).__name__
         raise UserError(f"SLURM rejected the job: {message} (check the launcher.* settings; "
                         "--dry-run prints the sbatch script)") from None
+    if lock is not None:
+        lock.hand_to_job(job.job_id)  # the job's rank 0 holds the run folder from now on
     log.info("submitted SLURM job %s (%d node(s) x %d task(s)); run directory: %s", job.job_id,
              cfg.trainer.num_nodes, cfg.trainer.devices, cfg.run_dir)
     return SubmittedRun(job, cfg.run_dir)

@@ -20,6 +20,7 @@ import time
 
 from omegaconf import OmegaConf
 
+from trainkit import run_lock
 from trainkit.errors import Interrupted
 from trainkit.exits import close_process_group, exit_code, leave
 from trainkit.launch.env import from_environ
@@ -30,25 +31,34 @@ REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's sbatch scripts ask for it: --signa
 
 
 class SlurmTask:
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, lock_token: str = "") -> None:
         self.config_path = config_path
+        self.lock_token = lock_token  # the submitting command's lock of the run folder, taken over by rank 0
 
     def __call__(self) -> dict[str, float]:
         from trainkit.run import run_worker
 
-        env = from_environ()
+        env, lock = from_environ(), None
         try:
+            if env.rank == 0:  # the job writes the run folder now (trainkit.run_lock), also after a requeue
+                lock = run_lock.acquire(os.path.dirname(os.path.abspath(self.config_path)), self.lock_token,
+                                        f"rank 0 of SLURM job {os.environ.get('SLURM_JOB_ID')}")
             results = run_worker(self.config_path)
         except Interrupted as exc:
-            if exc.signum == REQUEUE_SIGNAL:
-                self._requeued(env, str(exc))
+            requeued = exc.signum == REQUEUE_SIGNAL and self._requeued(env, str(exc))
             # No result file: a requeued job (by us, or by SLURM after its SIGTERM) is followed on
             # to its end; a cancelled one ends CANCELLED, and this record says where it stopped.
             self._record(env, 128 + exc.signum, str(exc), signum=exc.signum)
+            if lock is not None and not requeued:  # a requeued job keeps the run folder
+                lock.release()
             leave(128 + exc.signum)  # without submitit's result file, which would mark the job finished
         except BaseException as exc:
             self._record(env, exit_code(exc)[0], f"{type(exc).__name__}: {exc}")
+            if lock is not None:
+                lock.release()
             raise
+        if lock is not None:
+            lock.release()
         close_process_group(barrier=True)  # gloo can abort at interpreter exit after a clean run
         return results
 
@@ -57,7 +67,7 @@ class SlurmTask:
         there; the requeued job starts this same task, which resumes from checkpoints/last."""
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(SlurmTask(self.config_path))
+        return DelayedSubmission(SlurmTask(self.config_path, self.lock_token))
 
     # -- requeue -------------------------------------------------------------------------------
     def _requeued(self, env, reason: str) -> bool:

@@ -18,6 +18,16 @@ def _knowledge_tracing(tmp_path: Path) -> list[str]:
     return list(SMALL_DATA)  # the simulator writes these formats itself (path=null)
 
 
+def _kt_pykt(tmp_path: Path) -> list[str]:
+    # One fold: the experiments run pyKT's 5-fold protocol, which test_kt_protocol runs once, small.
+    # Short windows and a narrow model: the pyKT experiments set AKT's and SAKT's full sizes.
+    return [*SMALL_DATA, "datamodule.fold=0", "datamodule.max_len=50", "model.hidden_size=16"]
+
+
+def _kt_questions(tmp_path: Path) -> list[str]:
+    return [*SMALL_DATA, "datamodule.questions_per_skill=4", "datamodule.max_len=50", "model.hidden_size=16"]
+
+
 def _uci_dropout(tmp_path: Path) -> list[str]:
     from trainkit.tabular.tiny_data import write_uci
 
@@ -63,7 +73,8 @@ def _text(tmp_path: Path) -> list[str]:
 
 TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     "kt_lines": _knowledge_tracing,
-    "kt_pykt": _knowledge_tracing,
+    "kt_pykt": _kt_pykt,
+    "kt_akt": _kt_questions,
     "kt_interactions": _knowledge_tracing,
     "uci_dropout": _uci_dropout,
     "oulad_at_risk": _oulad,
@@ -75,6 +86,8 @@ TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
 RECIPE_PAIRS: dict[str, str] = {
     "knowledge_tracing": "kt_lines",
     "sakt": "kt_lines",
+    "akt": "kt_akt",
+    "kt_akt": "akt",
     "kt_lines": "knowledge_tracing",
     "kt_pykt": "knowledge_tracing",
     "kt_interactions": "knowledge_tracing",

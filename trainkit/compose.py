@@ -25,7 +25,7 @@ def run_composed(command: str, cfg: DictConfig, dry_run: bool = False, trials: l
     """`trials`: the SLURM jobs of the grid sweep this run belongs to (trainkit.launch.launcher_for)."""
     cfg.command = command
     if crossval.wants_all_folds(cfg):  # datamodule.folds=k: k runs, one per validation fold, then mean ± std
-        metrics = crossval.run_folds(cfg, lambda fold_cfg: run_composed(command, fold_cfg, dry_run, trials).metrics,
+        metrics = crossval.run_folds(cfg, lambda each, fold_cfg: run_composed(each, fold_cfg, dry_run, trials).metrics,
                                      from_environ().is_worker)
         return Outcome(metrics)
     OmegaConf.resolve(cfg)

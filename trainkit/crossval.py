@@ -7,6 +7,11 @@ SLURM). At the end each fold contributes the validation metrics of its kept chec
 metrics.csv at the best step of the monitored metric; the last validation when nothing is
 monitored), and their mean ± std (population, as numpy's `std`) is printed and written to
 `<run_dir>/cv_summary.csv`. A fold that fails stops the cross-validation with its error.
+
+A datamodule with `test_each_fold: true` (pyKT's protocol: a fixed test set next to the folds)
+also has each fold's best checkpoint tested, as `trainkit test <fold run>` does (in
+`<run_dir>/fold<k>/test_<time>`); the folds' test metrics join the summary, and a table of the
+mean ± std of every metric is printed.
 """
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ def wants_all_folds(cfg: DictConfig) -> bool:
         and (datamodule.get("folds") or 0) > 1
 
 
-def run_folds(cfg: DictConfig, run_one: Callable[[DictConfig], Any], outside_launcher: bool) -> dict[str, float]:
+def run_folds(cfg: DictConfig, run_one: Callable[[str, DictConfig], Any], outside_launcher: bool) -> dict[str, float]:
+    """run_one(command, cfg) runs one command of one fold, as `trainkit <command>` would."""
     if outside_launcher:
         raise ConfigError("datamodule.folds with every fold runs the folds one after another; under torchrun or srun "
                           "start one fold per job instead (datamodule.fold=<k>)")
@@ -45,10 +51,29 @@ def run_folds(cfg: DictConfig, run_one: Callable[[DictConfig], Any], outside_lau
             fold_cfg.datamodule.fold = k
             fold_cfg.run_dir = os.path.join(run_dir, f"fold{k}")
         log.info("cross-validation: fold %d of %d -> %s", k + 1, folds, fold_cfg.run_dir)
-        run_one(fold_cfg)
+        run_one("fit", fold_cfg)
         rows.append({"fold": k, **_kept_validation(fold_cfg.run_dir)})
+        if cfg.datamodule.get("test_each_fold"):
+            rows[-1].update(_test_best(fold_cfg.run_dir, run_one))
     setup_logging(run_dir)  # the summary goes to the cross-validation's own log
-    return _summarize(run_dir, rows)
+    return _summarize(run_dir, rows, table=bool(cfg.datamodule.get("test_each_fold")), title=_title(cfg))
+
+
+def _test_best(fold_dir: str, run_one: Callable[[str, DictConfig], Any]) -> dict[str, float]:
+    """The test metrics of the fold's best checkpoint (`trainkit test <fold run>`)."""
+    from trainkit.resume import prepare
+    from trainkit.sweeps.results import read_results
+
+    test_cfg = prepare("test", fold_dir, [])
+    run_one("test", test_cfg)
+    metrics = (read_results(test_cfg.run_dir) or {}).get("metrics") or {}
+    return {k: float(v) for k, v in metrics.items() if k.startswith("test/")}
+
+
+def _title(cfg: DictConfig) -> str:
+    """The model option (what a table row compares), e.g. `akt`."""
+    source = ((cfg.get("project") or {}).get("sources") or {}).get("model")
+    return os.path.splitext(os.path.basename(source))[0] if source else str(cfg.model.get("_target_", "model"))
 
 
 def _kept_validation(run_dir: str) -> dict[str, float]:
@@ -64,8 +89,8 @@ def _kept_validation(run_dir: str) -> dict[str, float]:
     return {"step": int(chosen["step"]), **{k: float(v) for k, v in chosen.items() if k.startswith("val/") and v}}
 
 
-def _summarize(run_dir: str, rows: list[dict[str, Any]]) -> dict[str, float]:
-    metrics = sorted({k for row in rows for k in row if k.startswith("val/")})
+def _summarize(run_dir: str, rows: list[dict[str, Any]], table: bool = False, title: str = "") -> dict[str, float]:
+    metrics = sorted({k for row in rows for k in row if k.startswith(("val/", "test/"))})
     means = {m: statistics.fmean(row[m] for row in rows if m in row) for m in metrics}
     stds = {m: statistics.pstdev([row[m] for row in rows if m in row]) for m in metrics}
     for row in rows:
@@ -80,4 +105,9 @@ def _summarize(run_dir: str, rows: list[dict[str, Any]]) -> dict[str, float]:
         writer.writerow({"fold": "mean", **means})
         writer.writerow({"fold": "std", **stds})
     log.info("cross-validation summary: %s", path)
+    if table:
+        shown = [m for m in metrics if m.startswith("test/")] + [m for m in metrics if m.startswith("val/")]
+        lines = [f"| model | {' | '.join(shown)} |", f"|---|{'---|' * len(shown)}",
+                 f"| {title} | {' | '.join(f'{means[m]:.4f} ± {stds[m]:.4f}' for m in shown)} |"]
+        log.info("%d folds, each fold's best checkpoint tested (mean ± std):\n%s", len(rows), "\n".join(lines))
     return means

@@ -1,20 +1,28 @@
-"""Knowledge-tracing data as padded batches, from three file formats or the simulator.
+"""Knowledge-tracing data as padded batches, from four file formats or the simulator.
 
-    KTDataModule            kt_lines: train.txt, valid.txt, test.txt (kt_lines.py)
+    KTDataModule            kt_lines: train.txt, valid.txt, test.txt (kt_lines.py); kt_akt: the
+                            same files in AKT's 4-line format, with question ids
     PyKTDataModule          pyKT's train_valid_sequences.csv and test_sequences.csv (kt_csv.py)
     InteractionsDataModule  one CSV row per answer, split by student here (kt_csv.py)
 
-With path None each reads the simulator's cached dataset, written in its own format. All three
-share `KTSequenceData`: skill ids remapped to 0..n-1 over all splits, sequences cut into windows
-of at most max_len steps, the same batches.
+With path None each reads the simulator's cached dataset, written in its own format. All share
+`KTSequenceData`: skill (and question) ids remapped to 0..n-1 over all splits, num_skills and
+num_questions taken from the data unless given (then checked), sequences cut into windows of at
+most max_len steps, the same batches.
 
-A batch is a dict of [B, T] tensors, padded to its longest window:
-    skills   LongTensor, skill ids remapped to 0..num_skills-1 (0 on padding)
-    correct  LongTensor, 1 = correct (0 on padding)
-    mask     BoolTensor, True on real steps
+A batch is a dict of tensors, padded to its longest window:
+    skills     [B, T] LongTensor, skill ids remapped to 0..num_skills-1 (0 on padding)
+    correct    [B, T] LongTensor, 1 = correct (0 on padding)
+    mask       [B, T] BoolTensor, True on real steps
+    questions  [B, T] LongTensor, question ids 0..num_questions-1 (only when the data has them)
+    first      [B, T] LongTensor, the first step of each step's question (only when some
+               question has several concepts: pyKT's expanded steps; first[t] == t otherwise)
+    student    [B] LongTensor, the window's student (an index into `student_ids`)
+    last       [B] BoolTensor, True on each student's last window
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +33,10 @@ from .kt_csv import read_interactions_csv, read_pykt_csv
 from .kt_lines import KTSequence, read_kt_lines
 from .simulator import (
     INTERACTIONS_FILE,
+    PYKT_FOLDS,
     PYKT_TEST,
     PYKT_TRAIN_VALID,
+    QUESTION_COLUMN,
     SPLITS,
     SimulatorConfig,
     cached_dataset,
@@ -42,8 +52,10 @@ class KTSequenceData(DataModule):
     `missing_path` (the error's hint when datamodule.path does not exist), optionally `min_len`,
     and reads its files in `_read_raw`.
 
-    With path None, num_students, seed and num_skills configure the simulator; with a path,
-    num_students and seed are ignored (InteractionsDataModule also splits its students by seed).
+    num_skills / num_questions None: the data's counts (after setup). With path None,
+    num_students, seed, num_skills and questions_per_skill configure the simulator; with a path,
+    num_students, seed and questions_per_skill are ignored (InteractionsDataModule also splits its
+    students by seed).
     """
 
     data_format: str
@@ -53,13 +65,15 @@ class KTSequenceData(DataModule):
     def __init__(
         self,
         path: str | None,
-        num_skills: int,
+        num_skills: int | None,
+        num_questions: int | None,
         max_len: int,
         batch_size: int,
         num_workers: int,
         num_students: int,
         seed: int,
         cache_dir: str | None,
+        questions_per_skill: int,
     ) -> None:
         if max_len < self.min_len:
             raise ConfigError(
@@ -70,14 +84,20 @@ class KTSequenceData(DataModule):
             raise ConfigError(f"datamodule.batch_size={batch_size}: must be at least 1")
         self.path = path
         self.num_skills = num_skills
+        self.num_questions = num_questions
         self.max_len = max_len
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.num_students = num_students
         self.seed = seed
         self.cache_dir = cache_dir
+        self.questions_per_skill = questions_per_skill
+        self.student_ids: list[str] = []  # a batch's `student` indexes this
+        self._student_index: dict[str, int] = {}
+        self.skill_ids: list[str] = []  # the data's id of each skill index
+        self.multi_concept = False  # some question has several concepts (set by setup)
         self._sequences: dict[str, list[KTSequence]] | None = None
-        self._windows: dict[str, list[KTSequence]] = {}
+        self._windows: dict[str, list[tuple[int, bool, KTSequence]]] = {}
 
     def prepare_data(self) -> None:
         self._source()
@@ -89,9 +109,23 @@ class KTSequenceData(DataModule):
         # union, so that a skill gets the same index at fit, test and predict time.
         if self._sequences is None:
             source = self._source()
-            self._sequences = remap_skills(self._read_raw(source), self.num_skills, source)
+            raw = self._read_raw(source)
+            self.num_skills, skill_ids = remap_ids(raw, "skills", self.num_skills, source)
+            self.num_questions, _ = remap_ids(raw, "questions", self.num_questions, source)
+            self.skill_ids = [str(k) for k in skill_ids]
+            self.multi_concept = any(seq.first is not None and (seq.first != np.arange(len(seq))).any()
+                                     for seqs in raw.values() for seq in seqs)
+            index = dict.fromkeys(seq.student for split in SPLITS for seq in raw[split])
+            self.student_ids = list(index)
+            self._student_index = {student: i for i, student in enumerate(index)}
+            self._sequences = raw
         for split in _STAGE_SPLITS[stage]:
-            self._windows[split] = make_windows(self._sequences[split], self.max_len, self.min_len)
+            windows = make_windows(self._sequences[split], self.max_len, self.min_len)
+            # A student's windows are consecutive (pyKT's rows too): the last is before another student's.
+            self._windows[split] = [
+                (self._student_index[w.student], i + 1 == len(windows) or windows[i + 1].student != w.student, w)
+                for i, w in enumerate(windows)
+            ]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -113,13 +147,14 @@ class KTSequenceData(DataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=collate_kt,
+            collate_fn=functools.partial(collate_kt, questions=self.num_questions > 0, first=self.multi_concept),
         )
 
     def _source(self) -> Path:
         """datamodule.path, checked; or with path None the simulated dataset's folder."""
         if self.path is None:
-            simulator = SimulatorConfig(num_students=self.num_students, num_skills=self.num_skills, seed=self.seed)
+            simulator = SimulatorConfig(num_students=self.num_students, num_skills=self.num_skills or 50, seed=self.seed,
+                                        questions_per_skill=self.questions_per_skill)
             return cached_dataset(simulator, self.cache_dir, self.data_format)
         source = Path(self.path).expanduser()
         if not source.exists():
@@ -135,26 +170,39 @@ class KTSequenceData(DataModule):
 
 
 class KTDataModule(KTSequenceData):
-    """Reads `<path>/{train,valid,test}.txt` in the kt_lines format."""
+    """Reads `<path>/{train,valid,test}.txt` in the kt_lines format, or with `questions` in AKT's
+    4-line format (question ids on the line after the length)."""
 
-    data_format = "kt_lines"
     missing_path = "no such folder; it must hold train.txt, valid.txt and test.txt in the kt_lines format"
 
     def __init__(
         self,
         path: str | None = None,
-        num_skills: int = 50,
+        questions: bool = False,
+        num_skills: int | None = None,
+        num_questions: int | None = None,
         max_len: int = 100,
         batch_size: int = 32,
         num_workers: int = 0,
         num_students: int = 4000,
         seed: int = 0,
         cache_dir: str | None = None,
+        questions_per_skill: int = 0,
     ) -> None:
-        super().__init__(path, num_skills, max_len, batch_size, num_workers, num_students, seed, cache_dir)
+        if questions and path is None and questions_per_skill == 0:
+            raise ConfigError("datamodule.questions=true on the simulator needs question ids: set "
+                              "datamodule.questions_per_skill (e.g. 20)")
+        super().__init__(path, num_skills, num_questions, max_len, batch_size, num_workers, num_students, seed,
+                         cache_dir, questions_per_skill)
+        self.questions = questions
+        self.data_format = "kt_akt" if questions else "kt_lines"
 
     def _read_raw(self, source: Path) -> dict[str, list[KTSequence]]:
-        return {split: read_kt_lines(source / f"{split}.txt") for split in SPLITS}
+        raw = {split: read_kt_lines(source / f"{split}.txt", self.questions) for split in SPLITS}
+        for split, sequences in raw.items():
+            for seq in sequences:
+                seq.student = f"{split}:{seq.student}"  # the files number their records alike
+        return raw
 
 
 class PyKTDataModule(KTSequenceData):
@@ -171,19 +219,31 @@ class PyKTDataModule(KTSequenceData):
     def __init__(
         self,
         path: str | None = None,
-        fold: int = 0,
-        num_skills: int = 50,
+        fold: int | None = 0,
+        folds: int = PYKT_FOLDS,
+        test_each_fold: bool = False,
+        num_skills: int | None = None,
+        num_questions: int | None = None,
         max_len: int = 200,
         batch_size: int = 32,
         num_workers: int = 0,
         num_students: int = 4000,
         seed: int = 0,
         cache_dir: str | None = None,
+        questions_per_skill: int = 0,
     ) -> None:
-        super().__init__(path, num_skills, max_len, batch_size, num_workers, num_students, seed, cache_dir)
+        # fold=None (every fold, one run each) and test_each_fold are the cross-validation's
+        # (trainkit/crossval.py): each run it starts has its fold set.
+        super().__init__(path, num_skills, num_questions, max_len, batch_size, num_workers, num_students, seed,
+                         cache_dir, questions_per_skill)
         self.fold = fold
+        self.folds = folds
+        self.test_each_fold = test_each_fold
 
     def _read_raw(self, source: Path) -> dict[str, list[KTSequence]]:
+        if self.fold is None:
+            raise ConfigError(f"datamodule.fold=null runs every fold: start it with `trainkit fit` (it sets the fold "
+                              f"of each run), or choose one fold, 0..{self.folds - 1}")
         train_valid_file = _first_existing(source, PYKT_TRAIN_VALID, "train_valid.csv")
         train_valid = read_pykt_csv(train_valid_file)
         folds = sorted({fold for fold, _ in train_valid})
@@ -216,23 +276,30 @@ class InteractionsDataModule(KTSequenceData):
         skill_col: str = "skill_id",
         correct_col: str = "correct",
         order_col: str | None = "order_id",
-        num_skills: int = 50,
+        question_col: str | None = None,
+        num_skills: int | None = None,
+        num_questions: int | None = None,
         max_len: int = 100,
         batch_size: int = 32,
         num_workers: int = 0,
         num_students: int = 4000,
         seed: int = 0,
         cache_dir: str | None = None,
+        questions_per_skill: int = 0,
     ) -> None:
-        super().__init__(path, num_skills, max_len, batch_size, num_workers, num_students, seed, cache_dir)
+        super().__init__(path, num_skills, num_questions, max_len, batch_size, num_workers, num_students, seed,
+                         cache_dir, questions_per_skill)
         self.user_col = user_col
         self.skill_col = skill_col
         self.correct_col = correct_col
         self.order_col = order_col
+        # The simulator's file names its question column: with questions, read it unless told otherwise.
+        self.question_col = QUESTION_COLUMN if path is None and questions_per_skill and question_col is None else question_col
 
     def _read_raw(self, source: Path) -> dict[str, list[KTSequence]]:
         csv_file = source / INTERACTIONS_FILE if self.path is None else source
-        students = read_interactions_csv(csv_file, self.user_col, self.skill_col, self.correct_col, self.order_col)
+        students = read_interactions_csv(csv_file, self.user_col, self.skill_col, self.correct_col, self.order_col,
+                                         self.question_col)
         return random_split(students, self.seed)
 
 
@@ -256,16 +323,37 @@ def random_split(students: list[KTSequence], seed: int) -> dict[str, list[KTSequ
     }
 
 
-def remap_skills(raw: dict[str, list[KTSequence]], num_skills: int, source: Path) -> dict[str, list[KTSequence]]:
-    """The splits with skill ids (integers or strings) remapped to 0..n-1 over their sorted union;
-    DataError when num_skills is smaller than n."""
-    vocab = np.unique(np.concatenate([skills for seqs in raw.values() for skills, _ in seqs]))
-    if len(vocab) > num_skills:
+def remap_ids(raw: dict[str, list[KTSequence]], field: str, expected: int | None,
+              source: Path) -> tuple[int, np.ndarray]:
+    """Remap the splits' skill ids (field "skills") or question ids ("questions"), integers or
+    strings, in place to 0..n-1 over their sorted union; return the size (`expected`, else n) and
+    the data's ids in index order. Questions: size 0 when the data has none, and
+    num_questions=0 drops them. DataError when `expected` (datamodule.num_<field>) is smaller than
+    n, or when only some sequences have question ids."""
+    arrays = [getattr(seq, field) for seqs in raw.values() for seq in seqs]
+    key = f"datamodule.num_{field}"
+    if field == "questions" and expected == 0:
+        for seqs in raw.values():
+            for seq in seqs:
+                seq.questions = None
+        return 0, np.array([])
+    if all(a is None for a in arrays):
+        if expected:
+            raise DataError(f"{source}: the data has no question ids but {key}={expected}; set {key}=null "
+                            f"(a model then uses skill ids only)")
+        return 0, np.array([])
+    if any(a is None for a in arrays):
+        raise DataError(f"{source}: some sequences have question ids and some have none; give every one its questions")
+    vocab = np.unique(np.concatenate(arrays))
+    if expected is not None and len(vocab) > expected:
         raise DataError(
-            f"{source}: the data has {len(vocab)} distinct skill ids but datamodule.num_skills="
-            f"{num_skills}; set datamodule.num_skills={len(vocab)}"
+            f"{source}: the data has {len(vocab)} distinct {field[:-1]} ids but {key}={expected}; "
+            f"set {key}={len(vocab)} (or null: the data's count)"
         )
-    return {split: [(np.searchsorted(vocab, s), c) for s, c in seqs] for split, seqs in raw.items()}
+    for seqs in raw.values():
+        for seq in seqs:
+            setattr(seq, field, np.searchsorted(vocab, getattr(seq, field)))
+    return (len(vocab) if expected is None else expected), vocab
 
 
 def make_windows(sequences: list[KTSequence], max_len: int, min_len: int = 2) -> list[KTSequence]:
@@ -275,21 +363,31 @@ def make_windows(sequences: list[KTSequence], max_len: int, min_len: int = 2) ->
     window of 1 step has no next step to predict).
     """
     windows = []
-    for skills, correct in sequences:
-        for start in range(0, len(skills), max_len):
-            if len(skills) - start >= min_len:
-                windows.append((skills[start : start + max_len], correct[start : start + max_len]))
+    for seq in sequences:
+        for start in range(0, len(seq), max_len):
+            if len(seq) - start >= min_len:
+                windows.append(seq.window(start, start + max_len))
     return windows
 
 
-def collate_kt(batch: list[KTSequence]) -> dict[str, torch.Tensor]:
-    """Pad a list of windows to the longest; module-level so DataLoader workers can pickle it."""
-    longest = max(len(skills) for skills, _ in batch)
-    skills = torch.zeros(len(batch), longest, dtype=torch.long)
-    correct = torch.zeros(len(batch), longest, dtype=torch.long)
-    mask = torch.zeros(len(batch), longest, dtype=torch.bool)
-    for row, (s, c) in enumerate(batch):
-        skills[row, : len(s)] = torch.from_numpy(np.asarray(s, dtype=np.int64))
-        correct[row, : len(c)] = torch.from_numpy(np.asarray(c, dtype=np.int64))
-        mask[row, : len(s)] = True
-    return {"skills": skills, "correct": correct, "mask": mask}
+def collate_kt(batch: list, questions: bool = False, first: bool = False) -> dict[str, torch.Tensor]:
+    """Pad windows to the longest; module-level so DataLoader workers can pickle it. The items
+    are windows, or (student index, is last window, window) as the datamodules give them."""
+    items = [item if isinstance(item, tuple) else (0, True, item) for item in batch]
+    longest = max(len(window) for _, _, window in items)
+    fields = ["skills", "correct", *(["questions"] if questions else []), *(["first"] if first else [])]
+    out = {name: torch.zeros(len(items), longest, dtype=torch.long) for name in fields}
+    out["mask"] = torch.zeros(len(items), longest, dtype=torch.bool)
+    for row, (_, _, window) in enumerate(items):
+        n = len(window)
+        for name in fields:
+            values = getattr(window, name)
+            if name == "first" and values is None:
+                values = np.arange(n)
+            out[name][row, :n] = torch.from_numpy(np.asarray(values, dtype=np.int64))
+        out["mask"][row, :n] = True
+        if first:
+            out["first"][row, n:] = torch.arange(n, longest)  # padding: a question of its own
+    out["student"] = torch.tensor([student for student, _, _ in items], dtype=torch.long)
+    out["last"] = torch.tensor([last for _, last, _ in items], dtype=torch.bool)
+    return out

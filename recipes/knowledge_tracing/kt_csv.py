@@ -3,14 +3,18 @@
 pyKT (`train_valid_sequences.csv`, `test_sequences.csv`, written by pyKT's preprocessing): one
 row per window of a student's sequence, the ids and responses as quoted comma-separated lists,
 padded to pyKT's maxlen with -1. The columns used are `fold` (0-4 on train/valid rows, -1 on
-test rows), `concepts` and `responses`; any others (uid, questions, timestamps, selectmasks, ...)
-are ignored.
+test rows), `concepts` and `responses`, and when present `uid` (the student), `questions` (the
+question ids) and `is_repeat` (1 on the second and later concept of a multi-concept question,
+which pyKT expands into one step per concept); any others (timestamps, selectmasks, ...) are
+ignored.
 
-    fold,uid,concepts,responses,selectmasks
-    0,17,"3,3,8,-1,-1","1,0,1,-1,-1","1,1,1,-1,-1"
+    fold,uid,questions,concepts,responses,is_repeat
+    0,17,"5,9,9,-1","3,3,8,-1","1,0,0,-1","0,0,1,-1"
 
 Interactions: one row per answer, the column names chosen by the caller (user, skill, 0/1
-correct, and optionally an order or timestamp to sort each student's answers by):
+correct, optionally a question id and an order or timestamp to sort each student's answers by).
+A skill cell may name several concepts joined by `_` (pyKT's convention, `3_8`): the answer is
+expanded into one step per concept, as pyKT does.
 
     user_id,skill_id,correct,order_id
     17,3,1,40231
@@ -33,7 +37,9 @@ from trainkit.errors import DataError
 
 PYKT_PAD = -1
 PYKT_COLUMNS = ("fold", "uid", "concepts", "responses", "selectmasks")
+PYKT_QUESTION_COLUMNS = ("fold", "uid", "questions", "concepts", "responses", "is_repeat", "selectmasks")
 INTERACTION_COLUMNS = ("user_id", "skill_id", "correct", "order_id")  # ASSISTments' names
+CONCEPT_SEPARATOR = "_"  # pyKT's joiner of a multi-concept question's concepts in one cell
 
 _PYKT_HINT = "pyKT's sequence CSV has the columns fold, concepts and responses (comma-separated lists in quotes)"
 _INTERACTIONS_HINT = (
@@ -41,35 +47,39 @@ _INTERACTIONS_HINT = (
     "correct_col and order_col (or null) name its user, skill, 0/1 correct and order columns"
 )
 
-PyKTWindow = tuple[int, KTSequence]  # (fold, (skill ids, responses))
+PyKTWindow = tuple[int, KTSequence]  # (fold, window)
 Rows = Iterator[tuple[int, list[str]]]  # (line number, fields)
 
 
 # -- pyKT --------------------------------------------------------------------------------------
 def write_pykt_csv(
-    path: str | Path, students: Iterable[tuple[int, KTSequence]], max_len: int = 200, min_len: int = 3
+    path: str | Path, students: Iterable[tuple[int, KTSequence]], max_len: int = 200, min_len: int = 3,
+    questions: bool = False,
 ) -> None:
     """One (fold, sequence) per student, written as pyKT's preprocessing does: cut into windows of
-    max_len, the last one padded with -1 to max_len, or dropped when shorter than min_len."""
+    max_len, the last one padded with -1 to max_len, or dropped when shorter than min_len. With
+    `questions`, also the questions and is_repeat columns (every sequence must have questions)."""
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(PYKT_COLUMNS)
-        for uid, (fold, (skills, correct)) in enumerate(students):
-            for start in range(0, len(skills), max_len):
-                real = len(skills[start : start + max_len])
-                if real < min_len:
+        writer.writerow(PYKT_QUESTION_COLUMNS if questions else PYKT_COLUMNS)
+        for uid, (fold, seq) in enumerate(students):
+            for start in range(0, len(seq), max_len):
+                part = seq.window(start, start + max_len)
+                if len(part) < min_len:
                     continue
-                pad = [PYKT_PAD] * (max_len - real)
-                window = [
-                    _join([*skills[start : start + max_len], *pad]),
-                    _join([*correct[start : start + max_len], *pad]),
-                    _join([1] * real + pad),
-                ]
-                writer.writerow([fold, uid, *window])
+                pad = [PYKT_PAD] * (max_len - len(part))
+                columns = [part.skills, part.correct]
+                if questions:
+                    repeat = np.zeros(len(part), dtype=np.int64) if part.first is None else part.first != np.arange(len(part))
+                    columns = [part.questions, *columns, repeat]
+                columns.append(np.ones(len(part), dtype=np.int64))
+                writer.writerow([fold, uid, *(_join([*column, *pad]) for column in columns)])
 
 
 def read_pykt_csv(path: str | Path) -> list[PyKTWindow]:
-    """Every row as (fold, (skill ids, responses)), the -1 padding dropped."""
+    """Every row as (fold, window), the -1 padding dropped; the window's student is its uid (else
+    its line), with questions when the file has the column, and `first` when is_repeat marks a
+    multi-concept question."""
     path = Path(path)
     columns, rows = _read_table(path, ("fold", "concepts", "responses"), _PYKT_HINT)
     return [_parse_pykt_row(path, line, row, columns) for line, row in rows]
@@ -97,36 +107,57 @@ def _parse_pykt_row(path: Path, line: int, row: list[str], columns: dict[str, in
             f"{path}, line {line}: a response is {responses[bad[0]]}, not 0 or 1; responses must be "
             f"1 (correct) or 0 (wrong), and -1 only where the concept is -1 (padding)"
         )
-    return fold, (concepts, responses)
+    extra = {}
+    for name in ("questions", "is_repeat"):
+        if name in columns:
+            values = _parse_ints(path, line, row[columns[name]], name)
+            if len(values) != len(real):
+                raise DataError(
+                    f"{path}, line {line}: {len(values)} {name} but {len(real)} concepts; each step needs one of each"
+                )
+            extra[name] = values[real]
+    first = None
+    if "is_repeat" in extra:
+        repeat = extra["is_repeat"] == 1
+        if len(repeat) and repeat[0]:
+            repeat[0] = False  # a window may start inside a question: its rows begin there
+        first = np.maximum.accumulate(np.where(repeat, 0, np.arange(len(repeat))))
+    student = row[columns["uid"]].strip() if "uid" in columns else f"{path.name}:{line}"
+    return fold, KTSequence(concepts, responses, extra.get("questions"), first, student)
 
 
 # -- interactions ------------------------------------------------------------------------------
-def write_interactions_csv(path: str | Path, rows: Iterable[tuple[int, int, int, int]]) -> None:
-    """(user, skill, correct, order) rows under the INTERACTION_COLUMNS header."""
+def write_interactions_csv(path: str | Path, rows: Iterable[tuple], columns: Iterable[str] = INTERACTION_COLUMNS) -> None:
+    """Rows (user, skill, correct, order, by default) under the header `columns`."""
     with open(path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(INTERACTION_COLUMNS)
+        writer.writerow(columns)
         writer.writerows(rows)
 
 
 def read_interactions_csv(
-    path: str | Path, user_col: str, skill_col: str, correct_col: str, order_col: str | None
+    path: str | Path, user_col: str, skill_col: str, correct_col: str, order_col: str | None,
+    question_col: str | None = None,
 ) -> list[KTSequence]:
-    """One (skill ids, responses) per student, students in order of first appearance.
+    """One sequence per student, students in order of first appearance.
 
     Each student's answers are stable-sorted by order_col (numerically when every value is a
     number, else as text, which orders ISO timestamps), or kept in file order when it is None.
-    Skill ids are integers when every id is one, else strings.
+    Skill and question ids are integers when every id is one, else strings. A skill cell with
+    several concepts (`3_8`) becomes one step per concept, its question's `first` step marked.
     """
     path = Path(path)
-    names = [user_col, skill_col, correct_col] + ([order_col] if order_col else [])
+    optional = [name for name in (order_col, question_col) if name]
+    names = [user_col, skill_col, correct_col, *optional]
     columns, rows = _read_table(path, names, _INTERACTIONS_HINT)
     pick = operator.itemgetter(*(columns[name] for name in names))
     lines, picked = [], []
     for line, row in rows:
         lines.append(line)
         picked.append(pick(row))
-    users, skills, answers, *order = (np.array([value.strip() for value in column]) for column in zip(*picked))
+    users, skills, answers, *rest = (np.array([value.strip() for value in column]) for column in zip(*picked))
+    order = [rest.pop(0)] if order_col else []
+    question_ids = rest[0] if question_col else None
     if (i := _first(skills == "")) is not None:
         raise DataError(
             f"{path}, line {lines[i]}: {skill_col} is empty; every answer needs a skill id (drop the row)"
@@ -140,14 +171,35 @@ def read_interactions_csv(
         raise DataError(
             f"{path}, line {lines[i]}: {order_col} is empty; give every row its order, or set order_col=null"
         )
+    if question_col and (i := _first(question_ids == "")) is not None:
+        raise DataError(
+            f"{path}, line {lines[i]}: {question_col} is empty; every answer needs a question id (or set "
+            f"question_col=null)"
+        )
 
     _, first_row, student = np.unique(users, return_index=True, return_inverse=True)
     appearance = np.argsort(np.argsort(first_row))[student]  # students numbered by first appearance
     when = _as_numbers(order[0], np.float64) if order_col else np.arange(len(users))
     by_student = np.lexsort((when, appearance))  # stable: rows with equal order keep file order
     students = np.split(by_student, np.cumsum(np.bincount(appearance))[:-1])
-    skill_ids, responses = _as_numbers(skills, np.int64), answers.astype(np.int64)
-    return [(skill_ids[rows], responses[rows]) for rows in students]
+    student_ids = users[np.sort(first_row)]  # in order of first appearance
+    # One step per concept of each answer (a plain cell is one concept); ids typed over the whole file.
+    parts = [cell.split(CONCEPT_SEPARATOR) for cell in skills]
+    count = np.array([len(part) for part in parts])
+    concepts = _as_numbers(np.array([c for part in parts for c in part]), np.int64)
+    offset = np.cumsum(count) - count  # each answer's first step among all steps
+    responses = answers.astype(np.int64)
+    questions = None if question_ids is None else _as_numbers(question_ids, np.int64)
+    multi = bool((count > 1).any())
+    sequences = []
+    for rows, name in zip(students, student_ids):
+        steps = np.concatenate([np.arange(offset[r], offset[r] + count[r]) for r in rows]) if multi else rows
+        first = np.repeat(np.cumsum(count[rows]) - count[rows], count[rows]) if multi else None
+        sequences.append(KTSequence(
+            concepts[steps], np.repeat(responses[rows], count[rows]),
+            None if questions is None else np.repeat(questions[rows], count[rows]), first, str(name),
+        ))
+    return sequences
 
 
 def _first(flags: np.ndarray) -> int | None:

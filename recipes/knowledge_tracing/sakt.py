@@ -10,11 +10,10 @@ every real query: padding cannot change a real prediction (tested). With num_lay
 the blocks are stacked as in pyKT: the query stays the next skill, the keys and values become
 the previous block's output.
 
-Why SAKT rather than AKT (Ghosh et al., 2020), the stronger attention model in pyKT's
-benchmark: SAKT is one attention layer over a plain causal mask — few moving parts to get wrong
-or tune — while AKT adds monotonic (distance-decayed) attention, Rasch question embeddings and
-separate question and knowledge encoders. Loss, metrics and logs are DKT's (objective.py), so
-their numbers compare directly.
+SAKT is one attention layer over a plain causal mask — few moving parts to get wrong or tune;
+AKT (akt.py) adds monotonic (distance-decayed) attention, Rasch question embeddings and separate
+question and knowledge encoders. Loss, metrics and logs are DKT's (objective.py), so their
+numbers compare directly. Question ids, when the data has them, are not used.
 
     trainkit fit model=sakt model.hidden_size=128 model.num_heads=8
 """
@@ -24,15 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .objective import Batch, KTObjective
-from trainkit.engine.module import TrainModule
+from .objective import KTModel
 from trainkit.errors import ConfigError
 
 
-class SAKT(TrainModule):
+class SAKT(KTModel):
     def __init__(
         self,
-        num_skills: int,
+        num_skills: int | None = None,
         hidden_size: int = 64,
         num_heads: int = 4,
         num_layers: int = 1,
@@ -45,18 +43,24 @@ class SAKT(TrainModule):
                 f"model.hidden_size={hidden_size} must be a multiple of model.num_heads={num_heads} "
                 f"(each head gets hidden_size / num_heads dimensions)"
             )
-        self.num_skills = num_skills
+        self.hidden_size, self.num_heads, self.num_layers, self.dropout_p = hidden_size, num_heads, num_layers, dropout
         self.max_len = max_len
-        self.interaction_embed = nn.Embedding(2 * num_skills, hidden_size)
-        self.position_embed = nn.Embedding(max_len, hidden_size)
-        self.skill_embed = nn.Embedding(num_skills, hidden_size)
-        self.blocks = nn.ModuleList(_Block(hidden_size, num_heads, dropout) for _ in range(num_layers))
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, 1)
-        self.objective = KTObjective()
+        if num_skills is not None:
+            self.build(num_skills, 0)
 
-    def forward(self, skills: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-        """Logits [B, T-1]: entry t predicts the answer at step t+1 from steps 0..t."""
+    def make_layers(self) -> None:
+        self.interaction_embed = nn.Embedding(2 * self.num_skills, self.hidden_size)
+        self.position_embed = nn.Embedding(self.max_len, self.hidden_size)
+        self.skill_embed = nn.Embedding(self.num_skills, self.hidden_size)
+        self.blocks = nn.ModuleList(_Block(self.hidden_size, self.num_heads, self.dropout_p)
+                                    for _ in range(self.num_layers))
+        self.dropout = nn.Dropout(self.dropout_p)
+        self.head = nn.Linear(self.hidden_size, 1)
+
+    def forward(self, skills: torch.Tensor, correct: torch.Tensor, questions: torch.Tensor | None = None,
+                first: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T-1]: entry t predicts the answer at step t+1 from steps 0..t, or with
+        `first` from the steps before its question's first step (objective.py)."""
         if skills.shape[1] > self.max_len:
             raise ConfigError(
                 f"a batch of {skills.shape[1]} steps is longer than model.max_len={self.max_len}; "
@@ -65,27 +69,16 @@ class SAKT(TrainModule):
         past = self.interaction_embed(skills[:, :-1] + self.num_skills * correct[:, :-1])
         hidden = past + self.position_embed(torch.arange(past.shape[1], device=skills.device))
         query = self.skill_embed(skills[:, 1:])
+        allowed = None
+        if first is not None:
+            # query t (step t+1) sees the interactions before its question; one with none sees
+            # interaction 0 (SDPA gives NaN for a row with nothing to see; it is not scored)
+            keys = torch.arange(past.shape[1], device=skills.device)
+            allowed = (keys[None, None, :] < first[:, 1:, None]) | (keys == 0)
+            allowed = allowed.unsqueeze(1)  # [B, 1, T-1, T-1]: every head
         for block in self.blocks:
-            hidden = block(query, hidden)
+            hidden = block(query, hidden, allowed)
         return self.head(self.dropout(hidden)).squeeze(-1)
-
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self.objective.training_step(lambda: self(batch["skills"], batch["correct"]), batch, self)
-
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.objective.evaluation_step(self(batch["skills"], batch["correct"]), batch, "val", self.log)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self.objective.evaluation_step(self(batch["skills"], batch["correct"]), batch, "test", self.log)
-
-    def on_validation_epoch_end(self) -> None:
-        self.objective.evaluation_epoch_end("val", self.log)
-
-    def on_test_epoch_end(self) -> None:
-        self.objective.evaluation_epoch_end("test", self.log)
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self.objective.predict_step(self(batch["skills"], batch["correct"]), batch)
 
 
 class _Block(nn.Module):
@@ -106,11 +99,11 @@ class _Block(nn.Module):
         )
         self.feed_forward_norm = nn.LayerNorm(hidden_size)
 
-    def forward(self, query: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
-        hidden = self.attention_norm(query + self.attention_dropout(self._attend(query, past)))
+    def forward(self, query: torch.Tensor, past: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.attention_norm(query + self.attention_dropout(self._attend(query, past, allowed)))
         return self.feed_forward_norm(hidden + self.feed_forward(hidden))
 
-    def _attend(self, query: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+    def _attend(self, query: torch.Tensor, past: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
         batch, steps, hidden_size = query.shape
         head_size = hidden_size // self.num_heads
         # [B, T, H] -> [B, heads, T, head_size]; keys and values come from one projection.
@@ -120,5 +113,5 @@ class _Block(nn.Module):
         # is_causal: query t (the skill asked at t+1) sees the interactions 0..t. No dropout on
         # the [B, heads, T, T] attention weights: on CPU it triples the attention's cost; the
         # dropout on its output regularises enough.
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=allowed is None)
         return self.out_proj(attended.transpose(1, 2).reshape(batch, steps, hidden_size))

@@ -35,6 +35,17 @@ practised the earlier ones: they struggle where they skipped the prerequisites.
 Lengths. Each student answers round(LogNormal(log(length_median), length_sigma)) questions,
 clipped to [min_length, max_length].
 
+Questions (questions_per_skill > 0; 0 gives skill ids only). Skill k has questions_per_skill
+questions, numbered k * questions_per_skill + j, each with a difficulty beta_q ~ Normal(0,
+question_difficulty_std); a practice step draws one of its skill's questions uniformly. With
+probability multi_concept_prob a question also needs a second concept, the first prerequisite of
+its skill (root skills have none). Then, with m the mean mastery of the question's concepts,
+
+    P(correct) = guess + (1 - guess - slip) * sigmoid(theta_s + mastery_gain * m - b_k - beta_q)
+
+and the attempt teaches each of its concepts. The sequences hold one step per concept (the second
+concept's step right after the first, with the same question and response: pyKT's expansion).
+
 Files
 -----
 `cached_dataset` writes the students once per config, in the format of the datamodule that asks
@@ -53,19 +64,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .kt_csv import write_interactions_csv, write_pykt_csv
+from .kt_csv import INTERACTION_COLUMNS, write_interactions_csv, write_pykt_csv
 from .kt_lines import KTSequence, write_kt_lines
 from trainkit.errors import ConfigError
 
 # Part of the cache key: bump it when the dynamics change, so that no run reuses a dataset that
 # an older simulator generated under the same config.
-SIMULATOR_VERSION = 1
+SIMULATOR_VERSION = 1  # questions_per_skill=0 simulates exactly what version 1 did
 
 SPLITS = ("train", "valid", "test")
 # The simulated datasets' file names in the CSV formats (pyKT's own names for its two files).
 PYKT_TRAIN_VALID, PYKT_TEST = "train_valid_sequences.csv", "test_sequences.csv"
 PYKT_FOLDS = 5
 INTERACTIONS_FILE = "interactions.csv"
+QUESTION_COLUMN = "problem_id"  # ASSISTments' name, in the simulated interaction CSV
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,10 @@ class SimulatorConfig:
     revisit_prob: float = 0.25
     revisit_block_mean: float = 2.0
     late_start_prob: float = 0.2
+    # Question ids (0: skill ids only).
+    questions_per_skill: int = 0
+    question_difficulty_std: float = 1.0
+    multi_concept_prob: float = 0.2
 
     def __post_init__(self) -> None:
         # Ten students give every split at least one; two skills give late joiners somewhere to start.
@@ -107,10 +123,12 @@ class SimulatorConfig:
             raise ConfigError(f"num_skills={self.num_skills}: the simulator needs at least 2 skills")
         if not 1 <= self.min_length <= self.max_length:
             raise ConfigError(f"need 1 <= min_length <= max_length, got {self.min_length} and {self.max_length}")
+        if self.questions_per_skill < 0:
+            raise ConfigError(f"questions_per_skill={self.questions_per_skill}: must be 0 (no question ids) or more")
 
 
 def simulate(cfg: SimulatorConfig) -> list[KTSequence]:
-    """One (skill ids, 0/1 responses) pair of int64 arrays per student, fully determined by cfg."""
+    """One sequence per student (student ids "0", "1", ...), fully determined by cfg."""
     rng = np.random.default_rng(cfg.seed)
     n, k_skills = cfg.num_students, cfg.num_skills
     prereqs = _padded_prerequisites(cfg)
@@ -129,6 +147,10 @@ def simulate(cfg: SimulatorConfig) -> list[KTSequence]:
     # the minimum over a skill's prerequisites needs no special case.
     mastery = np.zeros((n, k_skills + 1))
     mastery[:, k_skills] = 1.0
+    bank = _QuestionBank(cfg, prereqs) if cfg.questions_per_skill else None
+    if bank is not None:
+        asked = np.empty((n, horizon), dtype=np.int64)
+        question_rng = np.random.default_rng([cfg.seed, 3])  # a stream of its own: the schedule stays version 1's
     frontier = start.copy()  # the next skill each student has not yet been introduced to
     current = np.zeros(n, dtype=np.int64)
     left = np.zeros(n, dtype=np.int64)  # attempts left in the current block
@@ -138,15 +160,64 @@ def simulate(cfg: SimulatorConfig) -> list[KTSequence]:
     for t in range(horizon):
         _start_blocks(left == 0, frontier, start, current, left, cfg, rng)
         m = mastery[rows, current]
-        logit = ability + cfg.mastery_gain * m - difficulty[current]
+        if bank is None:
+            logit = ability + cfg.mastery_gain * m - difficulty[current]
+        else:
+            asked[:, t] = question = bank.draw(current, question_rng)
+            second = bank.second[question]  # num_skills (the pinned column) when none
+            has_second = second < k_skills
+            m_question = np.where(has_second, (m + mastery[rows, second]) / 2, m)
+            logit = ability + cfg.mastery_gain * m_question - difficulty[current] - bank.difficulty[question]
         p = cfg.guess + (1.0 - cfg.guess - cfg.slip) / (1.0 + np.exp(-logit))
         skills[:, t] = current
         correct[:, t] = rng.random(n) < p
-        prereq_mastery = mastery[rows[:, None], prereqs[current]].min(axis=1)
-        readiness = cfg.prereq_floor + (1.0 - cfg.prereq_floor) * prereq_mastery
-        mastery[rows, current] = m + rate * readiness * (1.0 - m)
+        _learn(mastery, rows, current, rate, prereqs, cfg)
+        if bank is not None:
+            _learn(mastery, rows[has_second], second[has_second], rate[has_second], prereqs, cfg)
         left -= 1
-    return [(skills[s, : lengths[s]].copy(), correct[s, : lengths[s]].copy()) for s in range(n)]
+    if bank is None:
+        return [KTSequence(skills[s, : lengths[s]].copy(), correct[s, : lengths[s]].copy(), student=str(s))
+                for s in range(n)]
+    return [bank.expand(skills[s, : lengths[s]], correct[s, : lengths[s]], asked[s, : lengths[s]], str(s))
+            for s in range(n)]
+
+
+def _learn(mastery: np.ndarray, rows: np.ndarray, skill: np.ndarray, rate: np.ndarray, prereqs: np.ndarray,
+           cfg: SimulatorConfig) -> None:
+    """One attempt at `skill` by each student in rows moves its mastery towards 1 (in place)."""
+    m = mastery[rows, skill]
+    prereq_mastery = mastery[rows[:, None], prereqs[skill]].min(axis=1)
+    readiness = cfg.prereq_floor + (1.0 - cfg.prereq_floor) * prereq_mastery
+    mastery[rows, skill] = m + rate * readiness * (1.0 - m)
+
+
+class _QuestionBank:
+    """The questions of the simulated curriculum: difficulty and second concept of each."""
+
+    def __init__(self, cfg: SimulatorConfig, prereqs: np.ndarray) -> None:
+        rng = np.random.default_rng([cfg.seed, 4])
+        self.per_skill = cfg.questions_per_skill
+        count = cfg.num_skills * self.per_skill
+        self.difficulty = rng.normal(0.0, cfg.question_difficulty_std, count)
+        skill = np.arange(count) // self.per_skill
+        two = rng.random(count) < cfg.multi_concept_prob
+        # prereqs[k, 0] is num_skills (none) for a root skill: such a question keeps one concept.
+        self.second = np.where(two, prereqs[skill, 0], cfg.num_skills)
+        self.num_skills = cfg.num_skills
+
+    def draw(self, skill: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return skill * self.per_skill + rng.integers(0, self.per_skill, len(skill))
+
+    def expand(self, skills: np.ndarray, correct: np.ndarray, questions: np.ndarray, student: str) -> KTSequence:
+        """One step per concept: a question's second concept right after its first."""
+        second = self.second[questions]
+        count = 1 + (second < self.num_skills)
+        index = np.repeat(np.arange(len(skills)), count)
+        is_second = np.zeros(len(index), dtype=bool)
+        is_second[np.cumsum(count)[count == 2] - 1] = True
+        expanded_skills = np.where(is_second, second[index], skills[index])
+        first = np.repeat(np.cumsum(count) - count, count)
+        return KTSequence(expanded_skills, correct[index].copy(), questions[index].copy(), first, student)
 
 
 def prerequisites(cfg: SimulatorConfig) -> list[list[int]]:
@@ -233,9 +304,15 @@ def split_students(students: list[KTSequence]) -> dict[str, list[KTSequence]]:
 
 
 def _write_kt_lines(folder: Path, students: list[KTSequence], cfg: SimulatorConfig) -> None:
-    """train.txt, valid.txt and test.txt."""
+    """train.txt, valid.txt and test.txt (skill ids only: the 3-line format has no questions)."""
     for name, sequences in split_students(students).items():
         write_kt_lines(folder / f"{name}.txt", sequences)
+
+
+def _write_akt_lines(folder: Path, students: list[KTSequence], cfg: SimulatorConfig) -> None:
+    """train.txt, valid.txt and test.txt in AKT's 4-line format (the simulator needs questions_per_skill)."""
+    for name, sequences in split_students(students).items():
+        write_kt_lines(folder / f"{name}.txt", sequences, questions=True)
 
 
 def _write_pykt(folder: Path, students: list[KTSequence], cfg: SimulatorConfig) -> None:
@@ -244,25 +321,38 @@ def _write_pykt(folder: Path, students: list[KTSequence], cfg: SimulatorConfig) 
     splits = split_students(students)
     train_valid = splits["train"] + splits["valid"]
     folds = np.arange(len(train_valid)) * PYKT_FOLDS // len(train_valid)
-    write_pykt_csv(folder / PYKT_TRAIN_VALID, zip(folds.tolist(), train_valid))
-    write_pykt_csv(folder / PYKT_TEST, [(-1, student) for student in splits["test"]])
+    questions = cfg.questions_per_skill > 0
+    write_pykt_csv(folder / PYKT_TRAIN_VALID, zip(folds.tolist(), train_valid), questions=questions)
+    write_pykt_csv(folder / PYKT_TEST, [(-1, student) for student in splits["test"]], questions=questions)
 
 
 def _write_interactions(folder: Path, students: list[KTSequence], cfg: SimulatorConfig) -> None:
     """All students in one file (the loader splits them), one row per answer. order_id counts up
     through each student's answers and the rows are shuffled, so that every run exercises the
-    loader's grouping by student and sorting by order_id."""
-    user = np.concatenate([np.full(len(skills), s) for s, (skills, _) in enumerate(students)])
-    skill = np.concatenate([skills for skills, _ in students])
-    correct = np.concatenate([correct for _, correct in students])
-    rows = np.stack([user, skill, correct, np.arange(len(user))], axis=1)
-    shuffle = np.random.default_rng([cfg.seed, 2]).permutation(len(rows))  # a stream of its own
-    write_interactions_csv(folder / INTERACTIONS_FILE, rows[shuffle].tolist())
+    loader's grouping by student and sorting by order_id. With questions, a problem_id column,
+    and a two-concept question's concepts in one cell joined by `_`, as pyKT's ASSIST2009 has."""
+    shuffle_rng = np.random.default_rng([cfg.seed, 2])  # a stream of its own
+    if cfg.questions_per_skill == 0:
+        user = np.concatenate([np.full(len(seq), s) for s, seq in enumerate(students)])
+        skill = np.concatenate([seq.skills for seq in students])
+        correct = np.concatenate([seq.correct for seq in students])
+        rows = np.stack([user, skill, correct, np.arange(len(user))], axis=1)
+        write_interactions_csv(folder / INTERACTIONS_FILE, rows[shuffle_rng.permutation(len(rows))].tolist())
+        return
+    rows = []
+    for s, seq in enumerate(students):
+        heads = np.flatnonzero(seq.first == np.arange(len(seq)))
+        for head, end in zip(heads, [*heads[1:], len(seq)]):
+            cell = "_".join(str(k) for k in seq.skills[head:end])
+            rows.append((s, cell, int(seq.correct[head]), len(rows), int(seq.questions[head])))
+    rows = [rows[i] for i in shuffle_rng.permutation(len(rows))]
+    write_interactions_csv(folder / INTERACTIONS_FILE, rows, (*INTERACTION_COLUMNS, QUESTION_COLUMN))
 
 
 # Format name -> (its folder in the cache, its writer).
 FORMATS = {
     "kt_lines": ("kt_simulator", _write_kt_lines),
+    "kt_akt": ("kt_simulator_akt", _write_akt_lines),
     "kt_pykt": ("kt_simulator_pykt", _write_pykt),
     "kt_interactions": ("kt_simulator_interactions", _write_interactions),
 }

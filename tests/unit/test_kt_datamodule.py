@@ -10,12 +10,12 @@ from torch.utils.data import RandomSampler, SequentialSampler
 
 from trainkit.recipes.knowledge_tracing.baselines import per_skill_prior_auc
 from trainkit.recipes.knowledge_tracing.datamodule import KTDataModule, collate_kt, make_windows
-from trainkit.recipes.knowledge_tracing.kt_lines import write_kt_lines
+from trainkit.recipes.knowledge_tracing.kt_lines import KTSequence, write_kt_lines
 from trainkit.errors import ConfigError, DataError
 
 
 def _seq(skills, correct):
-    return np.array(skills, dtype=np.int64), np.array(correct, dtype=np.int64)
+    return KTSequence(np.array(skills, dtype=np.int64), np.array(correct, dtype=np.int64))
 
 
 def _write_splits(folder, train, valid, test):
@@ -40,13 +40,16 @@ def test_constructor_annotations_match_the_config_types():
     hints = typing.get_type_hints(KTDataModule.__init__)
     assert hints == {
         "path": str | None,
-        "num_skills": int,
+        "questions": bool,
+        "num_skills": int | None,
+        "num_questions": int | None,
         "max_len": int,
         "batch_size": int,
         "num_workers": int,
         "num_students": int,
         "seed": int,
         "cache_dir": str | None,
+        "questions_per_skill": int,
         "return": type(None),
     }
 
@@ -90,14 +93,14 @@ def test_bad_max_len_is_a_config_error():
 @pytest.mark.parametrize("length", [1, 2, 99, 100, 101, 199, 250, 300])
 def test_windows_keep_every_interaction_once(length):
     skills = np.arange(length, dtype=np.int64)
-    windows = make_windows([(skills, skills % 2)], max_len=100)
-    assert all(2 <= len(s) <= 100 for s, _ in windows)
+    windows = make_windows([KTSequence(skills, skills % 2)], max_len=100)
+    assert all(2 <= len(w) <= 100 for w in windows)
     assert len(windows) == length // 100 + (length % 100 >= 2)
-    covered = np.concatenate([s for s, _ in windows]) if windows else np.array([], dtype=np.int64)
+    covered = np.concatenate([w.skills for w in windows]) if windows else np.array([], dtype=np.int64)
     dropped = 1 if length % 100 == 1 else 0  # a 1-step tail has no next step to predict
     np.testing.assert_array_equal(covered, skills[: length - dropped])
-    for s, c in windows:
-        np.testing.assert_array_equal(c, s % 2)
+    for w in windows:
+        np.testing.assert_array_equal(w.correct, w.skills % 2)
 
 
 def test_batches_are_padded_with_a_mask(tmp_path):

@@ -19,7 +19,7 @@ from trainkit.recipes.knowledge_tracing.kt_csv import (
     write_interactions_csv,
     write_pykt_csv,
 )
-from trainkit.recipes.knowledge_tracing.kt_lines import write_kt_lines
+from trainkit.recipes.knowledge_tracing.kt_lines import KTSequence, write_kt_lines
 from trainkit.recipes.knowledge_tracing.simulator import SimulatorConfig, simulate
 from trainkit.errors import DataError
 
@@ -36,14 +36,16 @@ PYKT_TEST = """fold,uid,questions,concepts,responses,timestamps,selectmasks
 
 
 def _seq(skills, correct):
-    return np.array(skills, dtype=np.int64), np.array(correct, dtype=np.int64)
+    return KTSequence(np.array(skills, dtype=np.int64), np.array(correct, dtype=np.int64))
 
 
 def _assert_sequences_equal(got, want):
+    """got: sequences; want: sequences or (skills, correct) pairs."""
     assert len(got) == len(want)
-    for (skills, correct), (want_skills, want_correct) in zip(got, want):
-        np.testing.assert_array_equal(skills, want_skills)
-        np.testing.assert_array_equal(correct, want_correct)
+    for seq, expected in zip(got, want):
+        want_skills, want_correct = (expected.skills, expected.correct) if isinstance(expected, KTSequence) else expected
+        np.testing.assert_array_equal(seq.skills, want_skills)
+        np.testing.assert_array_equal(seq.correct, want_correct)
 
 
 def _pykt_folder(tmp_path, train_valid=PYKT_TRAIN_VALID, test=PYKT_TEST):
@@ -60,11 +62,15 @@ def _values(loader, key):
 
 
 def test_constructor_annotations_match_the_config_types():
-    common = {"path": str | None, "num_skills": int, "max_len": int, "batch_size": int, "num_workers": int,
-              "num_students": int, "seed": int, "cache_dir": str | None, "return": type(None)}
-    assert typing.get_type_hints(PyKTDataModule.__init__) == {**common, "fold": int}
+    common = {"path": str | None, "num_skills": int | None, "num_questions": int | None, "max_len": int,
+              "batch_size": int, "num_workers": int, "num_students": int, "seed": int, "cache_dir": str | None,
+              "questions_per_skill": int, "return": type(None)}
+    assert typing.get_type_hints(PyKTDataModule.__init__) == {
+        **common, "fold": int | None, "folds": int, "test_each_fold": bool
+    }
     assert typing.get_type_hints(InteractionsDataModule.__init__) == {
-        **common, "user_col": str, "skill_col": str, "correct_col": str, "order_col": str | None
+        **common, "user_col": str, "skill_col": str, "correct_col": str, "order_col": str | None,
+        "question_col": str | None,
     }
 
 
@@ -85,7 +91,7 @@ def test_pykt_reads_pykt_files_and_drops_the_padding(tmp_path):
 def test_pykt_round_trip_windows_as_pykt_does(tmp_path, length):
     skills = np.arange(length, dtype=np.int64) % 4
     path = tmp_path / "seqs.csv"
-    write_pykt_csv(path, [(3, (skills, skills % 2))], max_len=5)
+    write_pykt_csv(path, [(3, KTSequence(skills, skills % 2))], max_len=5)
     # Windows of 5; a last window shorter than 3 is dropped, as in pyKT's preprocessing.
     want = [skills[start : start + 5] for start in range(0, length, 5) if length - start >= 3]
     rows = read_pykt_csv(path)
@@ -129,7 +135,7 @@ def test_pykt_accepts_the_files_before_windowing(tmp_path):
 
 
 def test_pykt_drops_windows_shorter_than_3(tmp_path):
-    test = "fold,concepts,responses\n-1,\"1,2\",\"1,0\"\n-1,\"1,2,3\",\"1,0,0\"\n"
+    test = "fold,questions,concepts,responses\n-1,\"1,2\",\"1,2\",\"1,0\"\n-1,\"1,2,3\",\"1,2,3\",\"1,0,0\"\n"
     data = PyKTDataModule(path=str(_pykt_folder(tmp_path, test=test)), num_skills=7)
     data.setup("test")
     assert _values(data.test_dataloader(), "correct") == [[1, 0, 0]]
@@ -199,8 +205,8 @@ def test_pykt_missing_files_are_named(tmp_path):
 # -- interactions ------------------------------------------------------------------------------
 def test_interactions_round_trip_groups_and_sorts_per_student(tmp_path):
     students = [_seq([3, 1, 3, 2], [0, 1, 1, 1]), _seq([2, 2], [1, 0]), _seq([1, 3, 3], [0, 0, 1])]
-    rows = [(user, int(s), int(c), 100 * user + t) for user, (skills, correct) in enumerate(students)
-            for t, (s, c) in enumerate(zip(skills, correct))]
+    rows = [(user, int(s), int(c), 100 * user + t) for user, seq in enumerate(students)
+            for t, (s, c) in enumerate(zip(seq.skills, seq.correct))]
     shuffled = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
     path = tmp_path / "answers.csv"
     write_interactions_csv(path, shuffled)
@@ -223,10 +229,10 @@ def test_interactions_sort_timestamps_as_text_and_numbers_as_numbers(tmp_path):
     path = tmp_path / "answers.csv"
     path.write_text("user_id,skill_id,correct,t\n1,1,1,10\n1,2,1,9\n1,3,0,100\n")
     (numeric,) = read_interactions_csv(path, "user_id", "skill_id", "correct", "t")
-    assert numeric[0].tolist() == [2, 1, 3]
+    assert numeric.skills.tolist() == [2, 1, 3]
     path.write_text("user_id,skill_id,correct,t\n1,1,1,2012-09-01 10:00\n1,2,1,2012-08-31 23:00\n")
     (text,) = read_interactions_csv(path, "user_id", "skill_id", "correct", "t")
-    assert text[0].tolist() == [2, 1]
+    assert text.skills.tolist() == [2, 1]
 
 
 def test_interactions_string_skill_ids_are_remapped_densely(tmp_path):
@@ -246,12 +252,12 @@ def test_interactions_split_by_student_is_seeded_80_10_10():
     students = [_seq([s], [1]) for s in range(50)]
     split = random_split(students, seed=0)
     assert [len(split[name]) for name in ("train", "valid", "test")] == [40, 5, 5]
-    ids = [int(s[0]) for name in ("train", "valid", "test") for s, _ in split[name]]
+    ids = [int(seq.skills[0]) for name in ("train", "valid", "test") for seq in split[name]]
     assert sorted(ids) == list(range(50))
     again = random_split(students, seed=0)
-    assert all(a[0] is b[0] for name in split for a, b in zip(split[name], again[name]))
+    assert all(a is b for name in split for a, b in zip(split[name], again[name]))
     other = random_split(students, seed=1)
-    assert [s[0] for s, _ in other["valid"]] != [s[0] for s, _ in split["valid"]]
+    assert [seq.skills[0] for seq in other["valid"]] != [seq.skills[0] for seq in split["valid"]]
 
 
 INTERACTION_ERRORS = {  # case: (the file, what the error says after its path)
@@ -293,11 +299,11 @@ SMALL = {"num_students": 100, "num_skills": 10}
 def _all_sequences(data):
     data.setup("fit")
     data.setup("test")
-    return {split: [(s.tolist(), c.tolist()) for s, c in seqs] for split, seqs in data._sequences.items()}
+    return {split: [(seq.skills.tolist(), seq.correct.tolist()) for seq in seqs] for split, seqs in data._sequences.items()}
 
 
 def test_simulated_pykt_holds_the_simulated_students(tmp_path):
-    students = [(s.tolist(), c.tolist()) for s, c in simulate(SimulatorConfig(**SMALL))]
+    students = [(seq.skills.tolist(), seq.correct.tolist()) for seq in simulate(SimulatorConfig(**SMALL))]
     assert sorted({skill for s, _ in students for skill in s}) == list(range(10))  # so remapping is identity
 
     def windows(group):  # pyKT's: 200 steps, a last one shorter than 3 dropped
@@ -309,7 +315,7 @@ def test_simulated_pykt_holds_the_simulated_students(tmp_path):
 
 
 def test_simulated_interactions_hold_the_simulated_students(tmp_path):
-    students = [(s.tolist(), c.tolist()) for s, c in simulate(SimulatorConfig(**SMALL))]
+    students = [(seq.skills.tolist(), seq.correct.tolist()) for seq in simulate(SimulatorConfig(**SMALL))]
     data = _all_sequences(InteractionsDataModule(**SMALL, cache_dir=str(tmp_path)))
     assert [len(data[split]) for split in ("train", "valid", "test")] == [80, 10, 10]
     assert sorted(data["train"] + data["valid"] + data["test"]) == sorted(students)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainkit.recipes.knowledge_tracing.kt_lines import read_kt_lines, write_kt_lines
+from trainkit.recipes.knowledge_tracing.kt_lines import KTSequence, read_kt_lines, write_kt_lines
 from trainkit.errors import DataError
 
 
@@ -12,22 +12,24 @@ def _arrays(*values):
 
 
 def test_round_trip(tmp_path):
-    sequences = [(_arrays(3, 1, 3), _arrays(0, 1, 1)), (_arrays(7), _arrays(1)), (_arrays(0, 250), _arrays(1, 0))]
+    sequences = [KTSequence(_arrays(3, 1, 3), _arrays(0, 1, 1)), KTSequence(_arrays(7), _arrays(1)),
+                 KTSequence(_arrays(0, 250), _arrays(1, 0))]
     path = tmp_path / "train.txt"
     write_kt_lines(path, sequences)
     assert path.read_text().splitlines()[:3] == ["3", "3,1,3", "0,1,1"]
     read = read_kt_lines(path)
     assert len(read) == len(sequences)
-    for (skills, correct), (want_skills, want_correct) in zip(read, sequences):
-        assert skills.dtype == correct.dtype == np.int64
-        np.testing.assert_array_equal(skills, want_skills)
-        np.testing.assert_array_equal(correct, want_correct)
+    for got, want in zip(read, sequences):
+        assert got.skills.dtype == got.correct.dtype == np.int64
+        np.testing.assert_array_equal(got.skills, want.skills)
+        np.testing.assert_array_equal(got.correct, want.correct)
+    assert [seq.student for seq in read] == ["0", "1", "2"] and read[0].questions is None
 
 
 def test_tolerates_blank_lines_trailing_commas_and_whitespace(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("\n3\n1,2,3,\n0,1,1,\n\n\n 2 \r\n 4, 5 , \r\n1,0\t\n\n")
-    (s1, c1), (s2, c2) = read_kt_lines(path)
+    (s1, c1), (s2, c2) = ((seq.skills, seq.correct) for seq in read_kt_lines(path))
     np.testing.assert_array_equal(s1, [1, 2, 3])
     np.testing.assert_array_equal(c1, [0, 1, 1])
     np.testing.assert_array_equal(s2, [4, 5])

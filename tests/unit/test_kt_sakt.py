@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from trainkit.recipes.knowledge_tracing.baselines import per_skill_prior_auc
 from trainkit.recipes.knowledge_tracing.datamodule import KTDataModule, collate_kt, make_windows
-from trainkit.recipes.knowledge_tracing.kt_lines import read_kt_lines
+from trainkit.recipes.knowledge_tracing.kt_lines import KTSequence, read_kt_lines
 from trainkit.recipes.knowledge_tracing.model import DKT
 from trainkit.recipes.knowledge_tracing.sakt import SAKT
 from trainkit.recipes.knowledge_tracing.simulator import SimulatorConfig, cached_dataset
@@ -24,8 +24,8 @@ MODELS = {"SAKT": lambda: SAKT(num_skills=12, hidden_size=16, num_heads=4, max_l
 
 def _random_windows(lengths, num_skills=12, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randint(0, num_skills, (n,), generator=g).numpy(), torch.randint(0, 2, (n,), generator=g).numpy())
-            for n in lengths]
+    return [KTSequence(torch.randint(0, num_skills, (n,), generator=g).numpy(),
+                       torch.randint(0, 2, (n,), generator=g).numpy()) for n in lengths]
 
 
 def _tensors(batch):
@@ -41,7 +41,7 @@ def _fit(model, datamodule, **kwargs):
 
 def test_constructor_annotations_match_the_config_types():
     assert typing.get_type_hints(SAKT.__init__) == {
-        "num_skills": int, "hidden_size": int, "num_heads": int, "num_layers": int, "dropout": float,
+        "num_skills": int | None, "hidden_size": int, "num_heads": int, "num_layers": int, "dropout": float,
         "max_len": int, "return": type(None),
     }
 

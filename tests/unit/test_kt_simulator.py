@@ -23,20 +23,21 @@ SMALL = SimulatorConfig(num_students=100, num_skills=20)
 def test_same_seed_gives_same_data():
     first, second = simulate(SMALL), simulate(SMALL)
     assert len(first) == len(second) == SMALL.num_students
-    for (s1, c1), (s2, c2) in zip(first, second):
-        np.testing.assert_array_equal(s1, s2)
-        np.testing.assert_array_equal(c1, c2)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a.skills, b.skills)
+        np.testing.assert_array_equal(a.correct, b.correct)
 
 
 def test_other_seed_gives_other_data():
     first = simulate(SMALL)
     other = simulate(SimulatorConfig(num_students=100, num_skills=20, seed=1))
-    assert any(len(a[0]) != len(b[0]) or not np.array_equal(a[1], b[1]) for a, b in zip(first, other))
+    assert any(len(a) != len(b) or not np.array_equal(a.correct, b.correct) for a, b in zip(first, other))
 
 
 def test_sequences_are_in_range():
     cfg = SimulatorConfig(num_students=500, num_skills=20)
-    for skills, correct in simulate(cfg):
+    for seq in simulate(cfg):
+        skills, correct = seq.skills, seq.correct
         assert skills.dtype == correct.dtype == np.int64
         assert cfg.min_length <= len(skills) == len(correct) <= cfg.max_length
         assert skills.min() >= 0 and skills.max() < cfg.num_skills
@@ -44,13 +45,13 @@ def test_sequences_are_in_range():
 
 
 def test_lengths_have_the_configured_median():
-    lengths = [len(s) for s, _ in simulate(SimulatorConfig(num_students=1000, num_skills=20))]
+    lengths = [len(seq) for seq in simulate(SimulatorConfig(num_students=1000, num_skills=20))]
     assert 70 <= np.median(lengths) <= 90
 
 
 def test_every_skill_appears():
     cfg = SimulatorConfig(num_students=500)
-    seen = np.unique(np.concatenate([skills for skills, _ in simulate(cfg)]))
+    seen = np.unique(np.concatenate([seq.skills for seq in simulate(cfg)]))
     np.testing.assert_array_equal(seen, np.arange(cfg.num_skills))
 
 
@@ -78,7 +79,8 @@ def _attempt_table(cfg: SimulatorConfig) -> dict[str, np.ndarray]:
     (-1 for root skills)."""
     graph = prerequisites(cfg)
     skill, correct, practice, prereq_practice = [], [], [], []
-    for skills, answers in simulate(cfg):
+    for seq in simulate(cfg):
+        skills, answers = seq.skills, seq.correct
         counts = np.zeros(cfg.num_skills, dtype=np.int64)
         for k, y in zip(skills, answers):
             skill.append(k)
@@ -124,9 +126,9 @@ def test_generate_dataset_writes_80_10_10_splits(tmp_path):
     students = simulate(SMALL)
     split = {name: read_kt_lines(out / f"{name}.txt") for name in ("train", "valid", "test")}
     assert [len(split[name]) for name in ("train", "valid", "test")] == [80, 10, 10]
-    for (s1, c1), (s2, c2) in zip(split["train"] + split["valid"] + split["test"], students):
-        np.testing.assert_array_equal(s1, s2)
-        np.testing.assert_array_equal(c1, c2)
+    for got, want in zip(split["train"] + split["valid"] + split["test"], students):
+        np.testing.assert_array_equal(got.skills, want.skills)
+        np.testing.assert_array_equal(got.correct, want.correct)
     assert sorted(os.listdir(tmp_path)) == ["data"]  # no temporary folder left behind
 
 

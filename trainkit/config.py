@@ -235,11 +235,22 @@ def check_values(cfg: DictConfig) -> None:
     if cfg.sweep.mode not in ("max", "min"):
         raise ConfigError(f"sweep.mode={cfg.sweep.mode!r} must be 'max' or 'min'")
     _check_tuner(cfg.tuner)
+    _check_tracker_packages(cfg)
     if cfg.command == "tune" and not (cfg.tuner.lr or cfg.tuner.batch_size):
         raise ConfigError("trainkit tune needs something to tune: lr=true (learning rate) and/or batch_size=true")
     if cfg.command == "tune" and t.devices * t.num_nodes > 1:
         raise ConfigError(f"trainkit tune runs in one process, not trainer.devices={t.devices} x trainer.num_nodes="
                           f"{t.num_nodes}: the batch size it finds is per device; tune with one, then run with more")
+
+
+def _check_tracker_packages(cfg: DictConfig) -> None:
+    """logger=wandb / logger=mlflow need their optional extra: say so before anything is launched."""
+    from trainkit.loggers.tracking import EXTRAS, require
+
+    for node in (cfg.get("logger") or {}).values():
+        extra = EXTRAS.get(str((node or {}).get("_target_")))
+        if extra:
+            require(extra, extra)
 
 
 def _check_lightning_arguments(t: DictConfig) -> None:

@@ -84,6 +84,10 @@ def run_worker(config_path: str) -> dict[str, float]:
     if env.rank == 0:
         clear_results(run_dir)  # a reused run directory: results.json says how *this* command ended
     loggers = [instantiate(node) for node in _targets(cfg, "logger")]
+    if t.resume in (None, "none"):  # the folder starts over: W&B / MLflow open a new run, not the recorded one
+        for lg in loggers:
+            if hasattr(lg, "start_new_run"):
+                lg.start_new_run()
     trainer_args = {k: v for k, v in OmegaConf.to_container(t).items()
                     if k not in ("accelerator", "devices", "num_nodes", "max_restarts")}
     trainer = Trainer(

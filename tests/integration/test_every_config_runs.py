@@ -42,9 +42,21 @@ def test_every_recipe_option_has_a_partner_and_tiny_data():
             assert option in TINY_DATA, f"add datamodule={option} to TINY_DATA in tests/recipe_data.py"
 
 
+def _tracker(option: str, request, monkeypatch) -> list[str]:
+    """The external trackers log offline (W&B) or to the session's MLflow server on loopback."""
+    if option == "wandb":
+        monkeypatch.setenv("WANDB_MODE", "offline")
+        monkeypatch.setenv("WANDB_SILENT", "true")
+    if option == "mlflow":
+        return [f"logger.mlflow.tracking_uri={request.getfixturevalue('mlflow_server')}"]
+    return []
+
+
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_runs(group, option, tmp_path):
+def test_option_runs(group, option, tmp_path, request, monkeypatch):
     limits = [] if group == "debug" else SHORT  # debug options are short already; keep their limits
+    if group == "logger":
+        limits = [*limits, *_tracker(option, request, monkeypatch)]
     partner, datamodule = _datamodule_of(group, option)
     data = TINY_DATA[datamodule](tmp_path / "data")
     run = tmp_path / "run"
@@ -56,3 +68,5 @@ def test_option_runs(group, option, tmp_path):
     assert (run / "config.yaml").exists()
     if group != "logger" or option in ("csv", "default"):
         assert (run / "metrics.csv").exists()
+    if group == "logger" and option in ("mlflow", "wandb"):
+        assert (run / f"{option}_run.json").exists()

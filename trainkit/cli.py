@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or bool(os.environ.get("HYDRA_FULL_ERROR"))
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a not in ("--debug", "--dry-run")]
+    if argv[:1] in (["--completion"], ["--complete"]):
+        return _completion(argv)
     argv, config_dir = _take_config_dir(argv)
     try:
         project = find_project(config_dir=config_dir)
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(overrides, debug)
     if command == "sweep-summary":
         return _sweep_summary(overrides)
+    if command == "plot":
+        return _plot(argv[1:])
     if command == "resume" or (command in EVALUATE and overrides and _is_run_dir(overrides[0])):
         from trainkit.resume import from_run_dir
 
@@ -205,6 +209,30 @@ def _sweep_summary(args: list[str]) -> int:
     return EXIT_OK
 
 
+def _completion(argv: list[str]) -> int:
+    """`--completion SHELL` prints the script to source; the script calls `--complete LINE`."""
+    from trainkit import completion
+
+    if argv[0] == "--complete":
+        print("\n".join(completion.complete(argv[1] if len(argv) > 1 else "")))
+        return EXIT_OK
+    text = completion.script(argv[1] if len(argv) > 1 else "")
+    if text is None:
+        return _fail(EXIT_BAD_INPUT, "usage: trainkit --completion bash|zsh|fish (prints a script to source)")
+    print(text, end="")
+    return EXIT_OK
+
+
+def _plot(args: list[str]) -> int:
+    from trainkit.plot import plot_command
+
+    try:
+        print(plot_command(args))
+    except UserError as exc:
+        return _fail(EXIT_BAD_INPUT, str(exc))
+    return EXIT_OK
+
+
 def _run_hydra(command: str, overrides: list[str], failures: list, project: Project, trials: list,
                dry_run: bool = False) -> None:
     import hydra
@@ -323,6 +351,8 @@ def usage(project: Project | None = None) -> str:
         "       trainkit {validate,test,predict} <run directory> [key=value ...]",
         "       trainkit export <checkpoint> <file>",
         "       trainkit sweep-summary <sweep directory>",
+        "       trainkit plot <run or sweep directory> [...] [--out FILE.png]",
+        "       trainkit --completion bash|zsh|fish      a shell completion script to source (see the README)",
         "",
         "commands:",
         "  fit        train the model (validating as it goes)",
@@ -336,6 +366,7 @@ def usage(project: Project | None = None) -> str:
         "             (and its samples/s); bare tuner keys: min_lr, max_lr, num_training, max_batch_size, ...",
         "  export     write a checkpoint's model weights as a plain state_dict file",
         "  sweep-summary  the table of a sweep's trials (overrides, best metric, status), rebuilt from its files",
+        "  plot       training and validation curves of runs (a sweep: one line per trial) as a PNG (pip install '.[plot]')",
         "",
     ]
     if project.config_dir is not None:

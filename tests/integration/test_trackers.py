@@ -3,6 +3,7 @@ is one external run whose steps continue; a sweep's trials are grouped; the conf
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -79,9 +80,20 @@ def wandb_records(path: Path) -> list:
     return records
 
 
+def finished_records(path: Path, timeout: float = 60) -> list:
+    """The records once the run's `exit` record is there: W&B's service process writes the file
+    after `finish()` returns, a moment later on a busy machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def wandb_history(path: Path) -> dict[int, dict[str, str]]:
     out = {}
-    for record in wandb_records(path):
+    for record in finished_records(path):
         if record.WhichOneof("record_type") == "history":
             items = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
             out.setdefault(record.history.step.num, {}).update({k: v for k, v in items.items() if not k.startswith("_")})
@@ -107,7 +119,7 @@ def test_wandb_offline_run_stopped_and_resumed_continues_the_same_run_id(tmp_pat
     assert steps == csv_steps(run, "train/loss")
     rows = metric_rows(run)
     assert all(float(second[s]["train/loss"]) == float(rows[s]["train/loss"]) for s in second if "train/loss" in second[s])
-    (header,) = [r.run for r in wandb_records(files[1]) if r.WhichOneof("record_type") == "run"]
+    (header,) = [r.run for r in finished_records(files[1]) if r.WhichOneof("record_type") == "run"]
     assert header.run_id == run_id and header.project == "trackers"
     config = {item.key: json.loads(item.value_json) for item in header.config.update}
     assert config["model"]["hidden_size"] == 64  # the resolved config as the run's config
@@ -132,7 +144,7 @@ def test_a_sweeps_trials_are_grouped_in_mlflow_and_wandb(mlflow_server, tmp_path
     assert sorted(r.data.params["optimizer.lr"] for r in trials) == ["0.001", "0.003"]
     for trial in ("0", "1"):
         (file,) = (sweep / trial / "wandb").glob("offline-run-*/run-*.wandb")
-        (header,) = [r.run for r in wandb_records(file) if r.WhichOneof("record_type") == "run"]
+        (header,) = [r.run for r in finished_records(file) if r.WhichOneof("record_type") == "run"]
         assert header.run_group == sweep.name and header.display_name == f"{sweep.name}/{trial}"
 
 

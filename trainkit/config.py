@@ -91,7 +91,14 @@ class TrainerConfig:
     min_epochs: Optional[int] = _TRAINER["min_epochs"]  # early stopping / max_time cannot end the fit before these
     min_steps: Optional[int] = _TRAINER["min_steps"]
     max_time: Any = _TRAINER["max_time"]  # "DD:HH:MM:SS" or {hours: 12}: stop (as early stopping would) then
-    profiler: Optional[str] = _TRAINER["profiler"]  # simple | advanced | pytorch: a report when each command ends
+    # simple | advanced | pytorch, or {name: pytorch, wait: 1, warmup: 1, active: 3, memory_snapshot: false}:
+    # a report when each command ends, saved with its traces in <run_dir>/profiler/
+    profiler: Any = _TRAINER["profiler"]
+    throughput: bool = _TRAINER["throughput"]  # samples/s, tokens/s, data wait, MFU, memory at each log step
+    peak_flops: Optional[float] = _TRAINER["peak_flops"]  # FLOP/s of one device for MFU (null: the GPU table)
+    grad_norm: Optional[str] = _TRAINER["grad_norm"]  # total | groups | null: gradient norm before clipping
+    # true or {k: 6, window: 100, warmup: 20, max_skips: 20}: skip the step of a loss spike
+    spike_guard: Any = _TRAINER["spike_guard"]
     benchmark: Optional[bool] = _TRAINER["benchmark"]  # torch.backends.cudnn.benchmark (null: leave it as it is)
 
 
@@ -255,7 +262,7 @@ def _check_tracker_packages(cfg: DictConfig) -> None:
 
 def _check_lightning_arguments(t: DictConfig) -> None:
     from trainkit.engine import arguments  # torch-free
-    from trainkit.profiler import PROFILERS
+    from trainkit.profiler import check_profiler
 
     try:
         arguments.fast_dev_run_batches(t.fast_dev_run)
@@ -267,8 +274,13 @@ def _check_lightning_arguments(t: DictConfig) -> None:
                                    else t.max_time)
     except ConfigError as exc:
         raise ConfigError(f"trainer.{exc}") from None
-    if t.profiler is not None and t.profiler not in PROFILERS:
-        raise ConfigError(f"trainer.profiler={t.profiler!r} is not one of: {', '.join(PROFILERS)} (or null)")
+    profiler = OmegaConf.to_container(t.profiler) if isinstance(t.profiler, DictConfig) else t.profiler
+    try:
+        check_profiler(profiler)
+    except ConfigError as exc:
+        raise ConfigError(f"trainer.{exc}") from None
+    if t.grad_norm not in (None, "total", "groups"):
+        raise ConfigError(f"trainer.grad_norm={t.grad_norm!r} must be total, groups or null (off)")
 
 
 def _check_tuner(tu: DictConfig) -> None:

@@ -31,6 +31,10 @@ class StorageError(Exception):
     file, the step and the intact checkpoint in the message (trainkit.storage)."""
 
 
+class LossSpikeError(RuntimeError):
+    """More loss spikes than `spike_guard.max_skips` were skipped."""
+
+
 class Interrupted(Exception):
     """Training stopped on a signal after saving a checkpoint (exit code 128 + the signal)."""
 

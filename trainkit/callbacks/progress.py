@@ -1,4 +1,6 @@
 """Progress: a live rich bar on a terminal; periodic plain log lines otherwise (SLURM, nohup, CI).
+Both show the logged progress-bar metrics and, with the ThroughputMonitor (on by default), the
+samples/s of the last logged window and the fit's ETA.
 
 The bar is redrawn at most every `refresh_rate_s`; plain lines come every `plain_interval_s`
 and at each validation and epoch end. Between redraws a training step costs one clock read.
@@ -31,6 +33,7 @@ class ProgressBar(Callback):
 
     def setup(self, trainer, module, stage) -> None:
         self.enabled = trainer.is_global_zero
+        self._throughput = trainer.throughput_monitor  # its rate and the fit's ETA join the metrics
         if self.enabled and Console().is_terminal and self._progress is None:
             self._progress = Progress(
                 TextColumn("{task.description}"),
@@ -71,6 +74,8 @@ class ProgressBar(Callback):
         if now < self._next_draw:
             return
         metrics = _fmt(trainer.metrics.progress_bar_values())
+        if self._throughput is not None and self._throughput.latest:
+            metrics = f"{metrics} {self._throughput.progress_text()}".strip()
         if self._progress is not None:
             self._next_draw = now + self.refresh_rate_s
             self._progress.update(self._task, completed=batch_idx + 1, metrics=metrics)

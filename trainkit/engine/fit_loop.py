@@ -139,6 +139,9 @@ class FitLoop:
         val_every, val_offset, val_at_end = self._val_schedule()
         training_step, backward, step = strategy.training_step, precision.backward, optimization.optimizer_step
         batches = loaders.with_last(loader, n)
+        monitor = trainer.throughput_monitor
+        if monitor is not None:  # times the waits for data
+            batches = monitor.timed(batches)
         if trainer.profiler is not None:
             profile = trainer.profiler
             training_step, backward = profile.wrap("training_step", training_step), profile.wrap("backward", backward)
@@ -148,7 +151,7 @@ class FitLoop:
         # The per-batch hooks, looked up once: one nobody overrides is skipped at no cost.
         batch_start, batch_end = hooks.targets("on_train_batch_start"), hooks.targets("on_train_batch_end")
         before_backward, after_backward = hooks.targets("on_before_backward"), hooks.targets("on_after_backward")
-        finite = trainer.finite_check
+        finite, guard = trainer.finite_check, trainer.spike_guard
         transfer = hooks.batch_transfer()  # None unless the module or DataModule overrides those hooks
         state.batch_idx = skip
         completed = False
@@ -179,6 +182,8 @@ class FitLoop:
                         loss = out if isinstance(out, torch.Tensor) else out["loss"]
                         finite.add(loss)  # checked where the loop reads the device anyway: no sync here
                         loss = loss / window if window > 1 else loss
+                        if guard is not None:
+                            guard.add(loss)
                         for fn in before_backward:
                             fn(loss)
                         backward(loss)
@@ -240,9 +245,12 @@ class FitLoop:
     def _log_step(self) -> None:
         trainer = self.trainer
         values = trainer.metrics.read_step()
+        values.update(trainer.grad_norms.read())
         if trainer.precision.scaler is not None:  # 16-mixed: skipped updates are normal, and shown
             values["precision/skipped_steps"] = float(trainer.precision.skipped_steps)
             values["precision/loss_scale"] = trainer.precision.scaler.get_scale()
+        if trainer.spike_guard is not None:
+            values["spike_guard/skipped_steps"] = float(trainer.spike_guard.skipped)
         trainer.log_metrics(values)
 
     def _val_schedule(self) -> tuple[int | float, int, bool]:

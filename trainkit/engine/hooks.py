@@ -66,7 +66,9 @@ class Hooks:
                     fn = trainer.profiler.wrap(f"[Callback]{type(cb).__name__}.{hook}", fn)
                 calls.append(_with_trainer(fn, trainer, module))
         if monitoring is not True and overrides(module, hook, TrainModule):
-            calls.append(getattr(module, hook))
+            fn = getattr(module, hook)
+            calls.append(fn if trainer.profiler is None else
+                         trainer.profiler.wrap(f"[LightningModule]{type(module).__name__}.{hook}", fn))
         return tuple(calls)
 
     def call(self, hook: str, *args: Any) -> list[Any]:

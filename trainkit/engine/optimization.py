@@ -74,6 +74,9 @@ def _check_manual(trainer: Trainer) -> None:
             f"trainer.gradient_clip_val={trainer.gradient_clip_val} does not apply to manual optimization (as in "
             "Lightning): remove it, and clip in training_step with self.clip_gradients(opt, gradient_clip_val=..., "
             "gradient_clip_algorithm='norm') before opt.step()")
+    if trainer.spike_guard is not None:
+        raise ConfigError("trainer.spike_guard skips steps of automatic optimization; with manual optimization, "
+                          "skip opt.step() in training_step yourself, or set trainer.spike_guard=null")
     if trainer.accumulate_grad_batches != 1:
         raise ConfigError(
             f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} does not apply to manual optimization "
@@ -106,10 +109,13 @@ def optimizer_step(trainer: Trainer, batch_idx: int, last_batch: bool) -> None:
     when it defines one (its `optimizer.step(closure=...)` does the rest; the closure has nothing
     left to do: forward and backward ran already)."""
     module = trainer._module
-    stepped = True
+    skip = trainer.spike_guard is not None and trainer.spike_guard.should_skip(trainer)
+    stepped = not skip
     for handle in trainer._step_through:  # one, or none when configure_optimizers returned None
         optimizer = handle.optimizer
-        if trainer._steps_itself:
+        if skip:
+            pass  # a loss spike: the gradients are dropped
+        elif trainer._steps_itself:
             trainer._stepped = True
             module.optimizer_step(trainer.state.epoch, batch_idx, handle, _nothing)
             stepped = trainer._stepped
@@ -137,11 +143,18 @@ def _automatic_step(trainer: Trainer, optimizer: torch.optim.Optimizer) -> bool:
         trainer.precision.unscale_gradients(optimizer)
     for fn in hooks:
         fn(optimizer)
+    norms = trainer.grad_norms if trainer.grad_norms.due(trainer) else None
+    clip = trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0 and not trainer._clips_itself
+    if norms is not None and not (clip and trainer.gradient_clip_algorithm == "norm"):
+        trainer.precision.unscale_gradients(optimizer)
+        norms.record(optimizer, None)  # computed: no clipping by norm computes it (before any clipping)
     if trainer._clips_itself:
         trainer._module.configure_gradient_clipping(optimizer, trainer.gradient_clip_val,
                                                     trainer.gradient_clip_algorithm)
-    elif trainer.gradient_clip_val is not None and trainer.gradient_clip_val > 0:
-        _clip(trainer, optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+    elif clip:
+        clipped = _clip(trainer, optimizer, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+        if norms is not None and clipped is not None:
+            norms.record(optimizer, clipped)
     return trainer.precision.optimizer_step(optimizer)
 
 
@@ -210,10 +223,11 @@ def clip_gradients(trainer: Trainer, optimizer: Any, value: float | None, algori
         _clip(trainer, optimizer, value, algorithm)
 
 
-def _clip(trainer: Trainer, optimizer: torch.optim.Optimizer, value: float, algorithm: str) -> None:
+def _clip(trainer: Trainer, optimizer: torch.optim.Optimizer, value: float, algorithm: str) -> torch.Tensor | None:
+    """Unscale and clip; the total norm before clipping when clipping by norm."""
     trainer.precision.unscale_gradients(optimizer)
     params = [p for p in forms.parameters_of(optimizer) if p.grad is not None]
-    trainer.strategy.clip_gradients(params, value, algorithm)
+    return trainer.strategy.clip_gradients(params, value, algorithm)
 
 
 def _sync(trainer: Trainer, optimizer: torch.optim.Optimizer) -> None:

@@ -24,12 +24,14 @@ from trainkit.engine import arguments, evaluation, loaders, optimization, traine
 from trainkit.engine.callback import Callback
 from trainkit.engine.data import DataModule
 from trainkit.engine.finite_check import FiniteCheck
+from trainkit.engine.grad_norm import GradNorms, check_mode
 from trainkit.engine.fit_loop import FitLoop
 from trainkit.engine.hparams import logged_hparams
 from trainkit.engine.hooks import Hooks
 from trainkit.engine.metric_store import MetricStore
 from trainkit.engine.module import TrainModule
 from trainkit.engine.optimizers import SchedulerConfig
+from trainkit.engine.spike_guard import make_spike_guard
 from trainkit.engine.seed import seed_everything, set_deterministic
 from trainkit.engine.state import TrainState
 from trainkit.errors import ConfigError, UserError
@@ -81,6 +83,10 @@ class Trainer:
         benchmark: bool | None = None,
         enable_model_summary: bool = True,
         profiler: str | Any = None,
+        throughput: bool = True,
+        peak_flops: float | None = None,
+        grad_norm: str | None = "total",
+        spike_guard: bool | dict | Any = None,
         reload_dataloaders_every_n_epochs: int = 0,
         sync_batchnorm: bool = False,
         inference_mode: bool = True,
@@ -149,6 +155,8 @@ class Trainer:
         if benchmark is not None:  # as Lightning: None keeps the session's setting
             torch.backends.cudnn.benchmark = arguments.flag("benchmark", benchmark)
         self.profiler = make_profiler(profiler)
+        self.grad_norms = GradNorms(check_mode(grad_norm))
+        self.spike_guard = make_spike_guard(spike_guard)
         # The settings that define this run (the CLI passes those of its config that exactness
         # depends on); saved in every checkpoint and compared when resuming.
         self.hparams = dict(hparams or {})
@@ -162,7 +170,7 @@ class Trainer:
         self.metrics = MetricStore()
         self.callbacks = _with_default_callbacks(
             _callback_list(callbacks), enable_progress_bar, enable_checkpointing, self.default_root_dir,
-            checkpoint_every_n_steps, self.enable_model_summary,
+            checkpoint_every_n_steps, self.enable_model_summary, arguments.flag("throughput", throughput), peak_flops,
         )
         # fast_dev_run logs nothing (and ModelCheckpoint saves nothing), as in Lightning
         self.loggers = _make_loggers(logger, self.default_root_dir) if self.is_global_zero and not self.fast_dev_run else []
@@ -265,6 +273,12 @@ class Trainer:
         from trainkit.callbacks.model_checkpoint import ModelCheckpoint
 
         return next((cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)), None)
+
+    @property
+    def throughput_monitor(self) -> Any:
+        from trainkit.callbacks.throughput import ThroughputMonitor
+
+        return next((cb for cb in self.callbacks if isinstance(cb, ThroughputMonitor)), None)
 
     @property
     def checkpoint_dir(self) -> str:
@@ -472,11 +486,15 @@ def _callback_list(callbacks: Any) -> list[Callback]:
 
 def _with_default_callbacks(
     callbacks: list[Callback], progress_bar: bool, checkpointing: bool, root_dir: str, every_n_steps: int | None,
-    model_summary: bool,
+    model_summary: bool, throughput: bool, peak_flops: float | None,
 ) -> list[Callback]:
     from trainkit.callbacks.model_checkpoint import ModelCheckpoint
     from trainkit.callbacks.model_summary import ModelSummary
     from trainkit.callbacks.progress import ProgressBar
+    from trainkit.callbacks.throughput import ThroughputMonitor
+
+    if throughput and not any(isinstance(cb, ThroughputMonitor) for cb in callbacks):
+        callbacks.append(ThroughputMonitor(peak_flops=peak_flops))
 
     if model_summary and not any(isinstance(cb, ModelSummary) for cb in callbacks):
         callbacks.insert(0, ModelSummary())

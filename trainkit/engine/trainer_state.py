@@ -135,7 +135,8 @@ def save_checkpoint(trainer: Trainer, filepath: str | None = None, weights_only:
                 model=trainer.model,
                 optimizers=trainer.optimizers,
                 trainer_state=state_dict(trainer),
-                rank_state={"rng": capture_rng(), "epoch_rng": trainer._epoch_rng},
+                rank_state={"rng": capture_rng(), "epoch_rng": trainer._epoch_rng,
+                            "spike_guard": trainer.spike_guard.state_dict() if trainer.spike_guard else None},
                 rank=trainer.strategy.global_rank,
                 is_global_zero=trainer.is_global_zero,
                 barrier=trainer.strategy.barrier,
@@ -238,6 +239,8 @@ def restore(trainer: Trainer, ckpt_path: str | None = None) -> None:
     if rank_state is None:  # saved by fewer processes: this rank takes rank 0's RNG streams
         log.warning("%s has no RNG state for rank %d (saved by fewer processes): using rank 0's", path, rank)
         rank_state = checkpoint.load_rank_state(path, 0)
+    if trainer.spike_guard is not None and rank_state.get("spike_guard") is not None:  # each rank its own losses
+        trainer.spike_guard.load_state_dict(rank_state["spike_guard"])
     trainer._resume_position = {"batch_idx": trainer.state.batch_idx, **rank_state}
     log.info("resumed from %s: step %d, epoch %d, batch %d of the epoch", path, trainer.state.global_step,
              trainer.state.epoch, trainer.state.batch_idx)

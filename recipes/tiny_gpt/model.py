@@ -153,6 +153,10 @@ class TinyGPT(TrainModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def tokens_in_batch(self, batch: Batch) -> int:
+        """What throughput/tokens_per_s counts: the input positions (every window is full)."""
+        return batch["input"].numel()
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._accumulate("val", batch)
 

@@ -107,14 +107,15 @@ class ThroughputMonitor(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self._counting is not None:
             self._stop_counting()
-        step = trainer.global_step
-        if step == self._last_step:
+        step, last = trainer.global_step, self._last_step
+        if step == last:
             return  # a micro-batch inside an accumulation window
         self._last_step = step
+        every = trainer.log_every_n_steps
         if self._window_step is None:  # the first step ends: the first window opens
             self._window_step = step
             self._reset()
-        elif step % trainer.log_every_n_steps == 0:
+        elif step // every != last // every:  # (manual optimization may count several steps a batch)
             self._log_window(trainer, step)
 
     def on_validation_start(self, trainer, module) -> None:

@@ -33,3 +33,18 @@ def test_config_as_flat_params_and_log_model_choices():
     assert check_log_model("all") == "all" and check_log_model(True) is True
     with pytest.raises(ConfigError, match="log_model=1"):
         check_log_model(1)
+
+
+def test_mlflow_calls_a_run_stopped_by_a_signal_killed_and_a_crash_failed():
+    from trainkit.errors import Interrupted
+    from trainkit.loggers.mlflow import _status
+
+    assert _status("success") == "FINISHED"
+    for exc, expected in ((Interrupted(15, "stopped by SIGTERM"), "KILLED"), (RuntimeError("bug"), "FAILED")):
+        try:
+            try:
+                raise exc
+            finally:  # the Trainer finalizes its loggers here, while the exception propagates
+                assert _status("failed") == expected
+        except type(exc):
+            pass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from typing import Any
 
@@ -108,7 +109,7 @@ class MLFlowLogger:
             self._open()  # a run that logged no metric still gets its parameters
         if self.log_model:
             self._upload_checkpoints()
-        self._client.set_terminated(self._record.run_id, "FINISHED" if status == "success" else "FAILED")
+        self._client.set_terminated(self._record.run_id, _status(status))
         parent = self._record.where.get("parent_run_id")
         if parent:  # the sweep's parent shows the time of its last trial
             self._client.set_terminated(parent, "FINISHED")
@@ -208,6 +209,15 @@ class MLFlowLogger:
             self._client.log_artifacts(self._record.run_id, path, artifact_path=f"checkpoints/{name}")
             self._record.uploaded.append(name)
             self._record.save()
+
+
+def _status(status: str) -> str:
+    """MLflow's word for how the command ended: a run stopped by a signal (saved, to be resumed) is KILLED."""
+    from trainkit.errors import Interrupted
+
+    if status == "success":
+        return "FINISHED"
+    return "KILLED" if isinstance(sys.exc_info()[1], Interrupted) else "FAILED"  # finalize runs while it propagates
 
 
 def _key(name: str) -> str:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainkit import crossval, run_lock
 from trainkit.config import check_values
-from trainkit.launch import Outcome, launcher_for
+from trainkit.launch import Outcome, launcher_for, preflight
 from trainkit.launch.env import from_environ
 
 
@@ -33,6 +33,7 @@ def run_composed(command: str, cfg: DictConfig, dry_run: bool = False, trials: l
     run_dir = os.path.abspath(cfg.run_dir)
     cfg.run_dir = run_dir
     env = from_environ()
+    _slurm_preflight(cfg, env)
     launcher = launcher_for(cfg, outside=env.is_worker, trials=trials)
     if env.is_worker and env.rank != 0:  # started by torchrun or srun: rank 0's run directory is the run's
         shared = _config_of_rank_zero(env, run_dir)
@@ -52,6 +53,15 @@ def run_composed(command: str, cfg: DictConfig, dry_run: bool = False, trials: l
         return launcher.launch(config_path, cfg)
     finally:
         lock.release()  # (a SLURM job that took it over keeps it: RunLock.hand_to_job)
+
+
+def _slurm_preflight(cfg: DictConfig, env) -> None:
+    """In every task of an srun step, before any rank waits for another (trainkit.launch.preflight)."""
+    t = cfg.trainer
+    if env.launcher == "slurm":
+        preflight.check_slurm_task(os.environ, t.devices, t.num_nodes, t.accelerator, preflight.visible_gpus)
+    elif cfg.launcher.name != "slurm":  # (launcher=slurm inside a job submits a job of its own)
+        preflight.check_not_in_batch_script(os.environ, t.devices, t.num_nodes)
 
 
 def write_config(cfg: DictConfig) -> str:

@@ -90,6 +90,13 @@ class RunLock:
             self.owner.job, self.owner.restart, self.owner.pids = job_id, -1, []
             _write(self.path, self.owner)
 
+    def job_ended(self) -> None:
+        """The job this lock was handed to has ended: gone with it, unless its rank 0 took it over
+        (then rank 0 released it, or a crash left it to be found stale)."""
+        current = _read(self.path)
+        if self.handed_over and current is not None and current.token == self.owner.token:
+            os.unlink(self.path)
+
     def release(self) -> None:
         _HELD.pop(os.path.dirname(self.path), None)
         if self.handed_over:

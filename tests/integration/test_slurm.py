@@ -146,6 +146,16 @@ def test_a_failing_job_names_the_rank_the_error_and_the_log(slurm_cluster, tmp_p
     assert "/no/such/folder" in bad.stderr and "trainkit.log" in bad.stderr
 
 
+def test_a_job_whose_task_count_is_not_nodes_times_devices_exits_2_naming_both(slurm_cluster, tmp_path):
+    run = tmp_path / "run"  # 2 nodes x 2 devices asked; the job gets 3 tasks (2 + 1)
+    result = run_cli("fit", *BASE, "launcher=slurm", "trainer.num_nodes=2", "trainer.devices=2",
+                     "+launcher.additional_parameters.ntasks=3", f"hydra.run.dir={run}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "started 3 task(s) on 2 node(s)" in result.stderr and "SLURM_NTASKS=3" in result.stderr
+    assert "trainer.num_nodes=2 x trainer.devices=2 = 4 task(s)" in result.stderr
+    assert not (run / "checkpoints").exists() and not (run / "trainkit.lock").exists()  # nothing ran, nothing held
+
+
 def test_a_rejected_submission_shows_slurms_message(slurm_cluster, tmp_path):
     result = run_cli("fit", "launcher=slurm", "launcher.partition=nope", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2

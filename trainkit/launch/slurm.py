@@ -39,6 +39,7 @@ class SubmittedRun:
     job: Any  # submitit.slurm.slurm.SlurmJob
     run_dir: str
     submitted_at: float = field(default_factory=time.time)
+    lock: Any = None  # the run folder's lock (trainkit.run_lock), handed to the job
 
 
 def executor_for(cfg: DictConfig):
@@ -103,7 +104,7 @@ def submit(config_path: str, cfg: DictConfig) -> SubmittedRun:
         lock.hand_to_job(job.job_id)  # the job's rank 0 holds the run folder from now on
     log.info("submitted SLURM job %s (%d node(s) x %d task(s)); run directory: %s", job.job_id,
              cfg.trainer.num_nodes, cfg.trainer.devices, cfg.run_dir)
-    return SubmittedRun(job, cfg.run_dir)
+    return SubmittedRun(job, cfg.run_dir, lock=lock)
 
 
 def follow_hint(run: SubmittedRun) -> str:
@@ -173,7 +174,11 @@ class Slurm:
         if not cfg.launcher.wait:
             print(follow_hint(submitted))
             return Outcome(job_id=submitted.job.job_id)
-        return Outcome(follow(submitted), job_id=submitted.job.job_id)
+        try:
+            return Outcome(follow(submitted), job_id=submitted.job.job_id)
+        finally:
+            if submitted.lock is not None and submitted.job.done():  # (stopped following: the job keeps it)
+                submitted.lock.job_ended()
 
 
 def _in_grid_sweep() -> bool:
@@ -196,6 +201,8 @@ def follow_trials(trials: list[SubmittedRun]) -> list[tuple[BaseException, str]]
         while pending:
             for run in [run for run in pending if run.job.done()]:
                 pending.remove(run)
+                if run.lock is not None:
+                    run.lock.job_ended()
                 try:
                     metrics = outcome(run)
                     shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))

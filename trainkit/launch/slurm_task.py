@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from trainkit import run_lock
 from trainkit.errors import Interrupted
 from trainkit.exits import close_process_group, exit_code, leave
+from trainkit.launch import preflight
 from trainkit.launch.env import from_environ
 
 log = logging.getLogger("trainkit")
@@ -43,6 +44,8 @@ class SlurmTask:
             if env.rank == 0:  # the job writes the run folder now (trainkit.run_lock), also after a requeue
                 lock = run_lock.acquire(os.path.dirname(os.path.abspath(self.config_path)), self.lock_token,
                                         f"rank 0 of SLURM job {os.environ.get('SLURM_JOB_ID')}")
+            t = OmegaConf.load(self.config_path).trainer  # the job's layout, before any rank waits for another
+            preflight.check_slurm_task(os.environ, t.devices, t.num_nodes, t.accelerator, preflight.visible_gpus)
             results = run_worker(self.config_path)
         except Interrupted as exc:
             requeued = exc.signum == REQUEUE_SIGNAL and self._requeued(env, str(exc))

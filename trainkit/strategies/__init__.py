@@ -53,8 +53,8 @@ def make_strategy(
     if wanted == 1 and name not in ("ddp", "fsdp"):
         return SingleDeviceStrategy(resolve_device(accelerator))
     device = resolve_device(accelerator)
-    if device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
+    if device.type == "cuda":  # a task bound to one GPU (srun --gpus-per-task=1) sees it as cuda:0
+        device = torch.device("cuda", env.local_rank if torch.cuda.device_count() > 1 else 0)
         torch.cuda.set_device(device)
     if name == "fsdp":
         return FSDPStrategy(env, device, precision_mode, wrap_modules, cpu_offload, timeout_s)

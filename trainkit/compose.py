@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainkit import crossval, run_lock
 from trainkit.config import check_values
+from trainkit.errors import UserError
 from trainkit.launch import Outcome, launcher_for, preflight
 from trainkit.launch.env import from_environ
 
@@ -45,7 +46,12 @@ def run_composed(command: str, cfg: DictConfig, dry_run: bool = False, trials: l
 
             shutil.rmtree(run_dir)  # a dry run leaves no run directory behind
         return Outcome()
-    lock = run_lock.acquire(run_dir)  # one writer per run folder: before anything is written into it
+    try:
+        lock = run_lock.acquire(run_dir)  # one writer per run folder: before anything is written into it
+    except UserError as exc:
+        if env.is_worker:  # the other ranks wait for rank 0's config: they stop with the same message
+            _config_of_rank_zero(env, run_dir, refused=str(exc))
+        raise
     try:
         config_path = write_config(cfg)
         if env.is_worker:
@@ -73,20 +79,22 @@ def write_config(cfg: DictConfig) -> str:
     return config_path
 
 
-def _config_of_rank_zero(env, own_run_dir: str, config_path: str | None = None) -> str:
+def _config_of_rank_zero(env, own_run_dir: str, config_path: str | None = None, refused: str = "") -> str:
     """Under an outside launcher (torchrun, srun) every rank ran Hydra; rank 0 publishes its config
     file through the rendezvous store, the others take it and drop the folder Hydra made for them
-    (one run, one directory)."""
+    (one run, one directory). `refused`: why rank 0 will not run (the others raise it too)."""
     import shutil
 
     from trainkit.launch.rendezvous import rendezvous_store
 
     store = rendezvous_store(env)
     key = f"trainkit/config/attempt{env.restart_count}"
-    if config_path is not None:
-        store.set(key, config_path)
-        return config_path
+    if config_path is not None or refused:
+        store.set(key, f"!{refused}" if refused else config_path)
+        return config_path or ""
     shared = store.get(key).decode()
+    if shared.startswith("!"):
+        raise UserError(f"rank 0: {shared[1:]}")
     if os.path.dirname(shared) != own_run_dir and set(os.listdir(own_run_dir)) <= {".hydra"}:
         shutil.rmtree(own_run_dir, ignore_errors=True)
     return shared

@@ -71,6 +71,58 @@ def _text(tmp_path: Path) -> list[str]:
     ]
 
 
+def tiny_hf_model() -> Path:
+    """A random 2-layer, 64-wide GPT-2 with a byte-level BPE tokenizer trained here on the tiny
+    corpus, written by save_pretrained into the session's cache (once per session; no download).
+    Skips the calling test where the hf extra is not installed."""
+    import os
+
+    import pytest
+
+    pytest.importorskip("transformers", reason="the hf extra (pip install -e '.[hf]') is not installed")
+    pytest.importorskip("peft", reason="the hf extra (pip install -e '.[hf]') is not installed")
+    folder = Path(os.environ["TRAINKIT_CACHE"]) / "tiny_hf_gpt2"
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    corpus = tiny_corpus(folder.parent / "tiny_hf_corpus")
+    texts = [gzip.decompress(f.read_bytes()).decode() if f.suffix == ".gz" else f.read_text()
+             for f in sorted(corpus.iterdir())]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    eos = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, bos_token=eos, unk_token=eos)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=64, n_layer=2, n_head=2,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
+    GPT2LMHeadModel(config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, folder)  # whole or not at all
+    return folder
+
+
+def _lm_text(tmp_path: Path) -> list[str]:
+    return [
+        f"model.pretrained={tiny_hf_model()}", f"datamodule.path={tiny_corpus(tmp_path / 'text')}",
+        "datamodule.block_size=32", "datamodule.batch_size=4", "datamodule.val_fraction=0.1",
+        "datamodule.test_fraction=0.1", f"datamodule.cache_dir={tmp_path / 'cache'}",
+        "callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min",
+        "callbacks.early_stopping.monitor=val/loss", "callbacks.early_stopping.mode=min",
+    ]
+
+
+# Options that need a pretrained model folder (model.pretrained) to compose into something that runs.
+NEEDS_PRETRAINED = {"hf_causal_lm", "lm_text", "llm_finetune"}
+
+
 TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     "kt_lines": _knowledge_tracing,
     "kt_pykt": _kt_pykt,
@@ -80,6 +132,7 @@ TINY_DATA: dict[str, Callable[[Path], list[str]]] = {
     "oulad_at_risk": _oulad,
     "oulad_clicks": _oulad,
     "text": _text,
+    "lm_text": _lm_text,
 }
 
 # model option -> the datamodule option it trains on; datamodule option -> a model that reads it.
@@ -98,4 +151,6 @@ RECIPE_PAIRS: dict[str, str] = {
     "oulad_clicks": "engagement",
     "tiny_gpt": "text",
     "text": "tiny_gpt",
+    "hf_causal_lm": "lm_text",
+    "lm_text": "hf_causal_lm",
 }

@@ -11,6 +11,10 @@
         MANIFEST.json   size and sha256 of every file above, written last
       last -> epoch=3-step=604-val_auc=0.7583      (relative symlink, swapped atomically)
 
+A module with `checkpoint_frozen_parameters = False` (LoRA on a pretrained model) keeps only its
+trainable parameters and its buffers in `state/` (trainer.pt: model_state "trainable"); loading
+fills those and leaves the frozen rest as the module's __init__ built it.
+
 A checkpoint is written under `.tmp-<name>`, fsynced, given its manifest, then renamed into
 place; only then does `last` move. A kill at any moment leaves the previous checkpoint and
 `last` intact. Everything is read back with `weights_only=True` (and DCP's metadata with an
@@ -33,6 +37,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -58,6 +63,7 @@ def save(
     rank: int = 0,
     is_global_zero: bool = True,
     barrier: Callable[[], None] = lambda: None,
+    trainable_only: bool = False,
 ) -> str:
     """Write a complete checkpoint `<directory>/<name>` and point `last` at it. Every rank calls
     this; rank zero publishes. Returns the checkpoint's path."""
@@ -68,11 +74,12 @@ def save(
         os.makedirs(tmp)
     barrier()
     with _quiet_single_process():
-        dcp.save(_model_optim_state(model, optimizers), checkpoint_id=os.path.join(tmp, "state"),
+        dcp.save(_model_optim_state(model, optimizers, trainable_only), checkpoint_id=os.path.join(tmp, "state"),
                  no_dist=not _distributed())
     _save_file(rank_state, os.path.join(tmp, f"rank{rank}.pt"))
     if is_global_zero:
-        _save_file({**trainer_state, "optimizers": len(optimizers)}, os.path.join(tmp, "trainer.pt"))
+        _save_file({**trainer_state, "optimizers": len(optimizers), "model_state": _model_state_kind(trainable_only)},
+                   os.path.join(tmp, "trainer.pt"))
     barrier()
     if is_global_zero:
         _write_manifest(tmp)
@@ -107,11 +114,26 @@ def remove(path: str) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _model_optim_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> dict[str, Any]:
-    if not optimizers:
+def _model_state_kind(trainable_only: bool) -> str:
+    return "trainable" if trainable_only else "full"
+
+
+def _trainable_only(path: str) -> bool:
+    """Whether the checkpoint at `path` holds only the parameters that trained (see the top)."""
+    trainer_state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=True)
+    return trainer_state.get("model_state") == "trainable"
+
+
+def _model_optim_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
+                       trainable_only: bool = False) -> dict[str, Any]:
+    if trainable_only:
+        model_state = _trainable_state(model)
+    elif not optimizers:
         return {"model": model.state_dict()}
+    else:
+        model_state = get_model_state_dict(model)
     # One optimizer keeps the key it always had, so checkpoints of single-optimizer runs stay the same.
-    state = {"model": get_model_state_dict(model)}
+    state = {"model": model_state}
     for i, optimizer in enumerate(optimizers):
         state[_optim_key(i)] = get_optimizer_state_dict(model, optimizer)
     return state
@@ -292,12 +314,16 @@ def load(
         raise UserError(f"checkpoint {path} holds the state of {saved} optimizers, but configure_optimizers returns "
                         f"{len(optimizers)}; resume with the optimizers of the run that saved it, or start a new run "
                         "from its weights alone with trainer.init_from")
-    state = _model_optim_state(model, optimizers)
+    trainable_only = trainer_state.get("model_state") == "trainable"
+    state = _model_optim_state(model, optimizers, trainable_only)
     _dcp_load(state, path)
-    if not optimizers:
+    if trainable_only:
+        _set_trainable_state(model, state["model"])
+    elif not optimizers:
         model.load_state_dict(state["model"])
     else:
         set_model_state_dict(model, state["model"])
+    if optimizers:
         for i, optimizer in enumerate(optimizers):
             set_optimizer_state_dict(model, optimizer, state[_optim_key(i)])
     return trainer_state, load_rank_state(path, rank)
@@ -310,9 +336,28 @@ def load_rank_state(path: str, rank: int) -> dict[str, Any] | None:
 
 def load_model_weights(path: str, model: torch.nn.Module) -> None:
     """Weights only (for validate / test / predict, or to fine-tune from another run)."""
+    if _trainable_only(path):
+        state = {"model": _trainable_state(model)}
+        _dcp_load(state, path)
+        _set_trainable_state(model, state["model"])
+        return
     state = {"model": model.state_dict()}
     _dcp_load(state, path)
     model.load_state_dict(state["model"])
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, Any]:
+    state = get_model_state_dict(model, options=StateDictOptions(ignore_frozen_params=True))
+    for name, param in model.named_parameters(remove_duplicate=False):  # also a tied alias of a frozen weight
+        if not param.requires_grad:
+            state.pop(name, None)
+    return state
+
+
+def _set_trainable_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    # The template asked DCP for exactly the trainable parameters and buffers, so every key is
+    # there; the frozen parameters, absent by design, keep what the module's __init__ loaded.
+    set_model_state_dict(model, state, options=StateDictOptions(ignore_frozen_params=True, strict=False))
 
 
 def read_model_weights(path: str) -> dict[str, torch.Tensor]:

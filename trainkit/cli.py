@@ -9,6 +9,7 @@
     trainkit test outputs/<model>/<run>            # evaluate a run with its best checkpoint (validate, predict)
     trainkit test trainer.resume=outputs/<model>/<run>/checkpoints/last     # any checkpoint, composed config
     trainkit export outputs/<model>/<run>/checkpoints/last model.pt          # plain state_dict
+    trainkit export outputs/<model>/<run>/checkpoints/last hf_dir --merged   # a folder the model writes (HF)
     trainkit fit -m model.hidden_size=64,128 optimizer.lr=1e-3,3e-3          # a sweep: 4 trials
     trainkit fit hparams_search=kt_dkt                                       # an Optuna search
     trainkit sweep-summary multirun/<sweep>        # the table of a sweep's trials, rebuilt from its files
@@ -278,19 +279,16 @@ def _quote_group_option(arg: str, project: Project) -> str:
 
 
 def _export(args: list[str], debug: bool) -> int:
-    if len(args) != 2 or any(a.startswith("-") for a in args):
-        return _fail(EXIT_BAD_INPUT, "usage: trainkit export <checkpoint> <output file>")
-    from trainkit import checkpoint
+    from trainkit.export import FLAGS, export
 
-    path = checkpoint.resolve(args[0])
-    problem = checkpoint.damage(path)
-    if problem is not None:
-        return _fail(EXIT_BAD_INPUT, f"cannot export: {problem}")
+    flags = [a for a in args if a in FLAGS]
+    paths = [a for a in args if a not in FLAGS]
+    if len(paths) != 2 or len(flags) > 1 or any(a.startswith("-") for a in paths):
+        return _fail(EXIT_BAD_INPUT, "usage: trainkit export <checkpoint> <output file or folder> [--adapter | --merged]")
     try:
-        count = checkpoint.export_model(path, args[1])
+        print(export(paths[0], paths[1], FLAGS[flags[0]] if flags else None))
     except UserError as exc:
         return _fail(EXIT_BAD_INPUT, str(exc), debug, exc)
-    print(f"wrote {args[1]}: the model's state_dict ({count} tensors) from {path}")
     return EXIT_OK
 
 
@@ -349,7 +347,7 @@ def usage(project: Project | None = None) -> str:
         "[--dry-run] [--debug] [--config-dir DIR]",
         "       trainkit resume <run or sweep directory> [key=value ...]",
         "       trainkit {validate,test,predict} <run directory> [key=value ...]",
-        "       trainkit export <checkpoint> <file>",
+        "       trainkit export <checkpoint> <file.pt | folder> [--adapter | --merged]",
         "       trainkit sweep-summary <sweep directory>",
         "       trainkit plot <run or sweep directory> [...] [--out FILE.png]",
         "       trainkit --completion bash|zsh|fish      a shell completion script to source (see the README)",
@@ -364,7 +362,8 @@ def usage(project: Project | None = None) -> str:
         "  predict    write predictions.pt for the predict split (the same two forms)",
         "  tune       lr=true: LR range test (suggests optimizer.lr); batch_size=true: the largest batch that fits",
         "             (and its samples/s); bare tuner keys: min_lr, max_lr, num_training, max_batch_size, ...",
-        "  export     write a checkpoint's model weights as a plain state_dict file",
+        "  export     write a checkpoint's model weights as a plain state_dict file (.pt), or as the folder",
+        "             the model writes itself (model=hf_causal_lm: a Hugging Face folder, LoRA adapter or merged)",
         "  sweep-summary  the table of a sweep's trials (overrides, best metric, status), rebuilt from its files",
         "  plot       training and validation curves of runs (a sweep: one line per trial) as a PNG (pip install '.[plot]')",
         "",

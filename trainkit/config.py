@@ -207,6 +207,10 @@ def _is_count_or_fraction(value: Any) -> bool:
 
 def check_values(cfg: DictConfig) -> None:
     """Value checks that need no imports. Raises ConfigError naming the key and the fix."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if k != "run_dir")
+    if missing:  # `???` in a config file: a value only the user can give (e.g. model.pretrained)
+        raise ConfigError(f"no value for {', '.join(missing)} (??? in the config files, or a key that refers to "
+                          "one): give each on the command line as key=value")
     t = cfg.trainer
     if t.accelerator not in ACCELERATORS:
         raise ConfigError(f"trainer.accelerator={t.accelerator!r} is not one of: {', '.join(ACCELERATORS)}")

@@ -30,11 +30,11 @@ from torch.utils.checkpoint import checkpoint
 from .tokenizer import VOCAB_SIZE, decode
 from trainkit.engine.module import TrainModule
 from trainkit.errors import ConfigError
+from trainkit.lm_metrics import IGNORE, SplitTotals
 
 log = logging.getLogger("trainkit")
 
-Batch = dict[str, Any]  # input, target: LongTensor [B, T] (target -1 on padding); see datamodule.py
-IGNORE = -1  # target of a padded position: not a token, never counted
+Batch = dict[str, Any]  # input, target: LongTensor [B, T] (target IGNORE = -1 on padding); see datamodule.py
 
 
 class CausalSelfAttention(nn.Module):
@@ -119,7 +119,7 @@ class TinyGPT(TrainModule):
         for block in self.blocks:
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * num_layers))
-        self._eval_sums: dict[str, torch.Tensor] = {}
+        self._eval_totals = SplitTotals()  # val/test loss sums (trainkit.lm_metrics)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -170,21 +170,10 @@ class TinyGPT(TrainModule):
         self._log_split("test")
 
     def _accumulate(self, split: str, batch: Batch) -> None:
-        """Add the batch's summed token loss and its token count (padding excluded) to the split's
-        running sums, in float64 so that a long split loses nothing to rounding."""
-        loss_sum, count = token_loss_sum(self(batch["input"]), batch["target"])
-        sums = torch.stack([loss_sum.double(), count.double()])
-        self._eval_sums[split] = self._eval_sums[split] + sums if split in self._eval_sums else sums
+        self._eval_totals.add(split, self(batch["input"]), batch["target"])
 
     def _log_split(self, split: str) -> None:
-        # Every process reaches here, even one whose shard was empty: the sum is a collective.
-        sums = self._eval_sums.pop(split, None)
-        if sums is None:
-            sums = torch.zeros(2, dtype=torch.float64)
-        loss_sum, count = self.sum_over_processes(sums).tolist()
-        loss, ppl = loss_and_perplexity(loss_sum, count)
-        self.log(f"{split}/loss", loss, prog_bar=True)
-        self.log(f"{split}/ppl", ppl, prog_bar=True)
+        self._eval_totals.log(self, split)
 
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -215,17 +204,3 @@ class TinyGPT(TrainModule):
         if self.trainer.is_global_zero:
             log.info("sample %d:\n%s%s\n", batch["sample"], batch["prompt"], completion)
         return {"prompt": batch["prompt"], "sample": batch["sample"], "completion": completion, "tokens": out[0].cpu()}
-
-
-def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy (nats) over the real targets, and their number; targets == -1 are padding."""
-    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss_sum, (targets != IGNORE).sum()
-
-
-def loss_and_perplexity(loss_sum: float, count: float) -> tuple[float, float]:
-    """Mean loss per token over a whole split and its perplexity exp(mean); NaN for no tokens."""
-    if count == 0:
-        return math.nan, math.nan
-    loss = loss_sum / count
-    return loss, math.exp(loss)

@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from tests.recipe_data import RECIPE_PAIRS
+from tests.recipe_data import NEEDS_PRETRAINED, RECIPE_PAIRS, tiny_hf_model
 from trainkit.cli import CONFIG_DIR, RUN_ID
 from trainkit.config import check_targets, check_values, register_configs, target_nodes
 
@@ -43,6 +43,8 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     # A model or datamodule option composes with its recipe partner (its sizes come from the data).
     partner = {"model": "datamodule", "datamodule": "model"}.get(group)
     pair = [f"{partner}={RECIPE_PAIRS[option]}"] if partner else []
+    if option in NEEDS_PRETRAINED:
+        pair.append(f"model.pretrained={tiny_hf_model()}")
     cfg = compose_fit([f"{group}='{option}'", *pair], tmp_path)
     check_values(cfg)
     check_targets(cfg)

@@ -14,7 +14,8 @@ from torch.utils.data import RandomSampler
 
 from trainkit.recipes.tiny_gpt.baselines import ngram_perplexity
 from trainkit.recipes.tiny_gpt.datamodule import EvalWindows, TextDataModule, TrainWindows, collate_windows, read_corpus, split_books
-from trainkit.recipes.tiny_gpt.model import TinyGPT, token_loss_sum
+from trainkit.recipes.tiny_gpt.model import TinyGPT
+from trainkit.lm_metrics import token_loss_sum
 from trainkit.recipes.tiny_gpt.tokenizer import VOCAB_SIZE, decode, encode
 from tests.recipe_data import tiny_corpus
 from trainkit import Trainer

@@ -50,6 +50,9 @@ class TrainModule(HyperparametersMixin, nn.Module):
 
     # False: training_step steps its optimizers itself (self.optimizers(), self.manual_backward).
     automatic_optimization: bool = True
+    # False: checkpoints hold only the parameters that train (requires_grad) and the buffers; the
+    # frozen rest is what __init__ builds again (a pretrained base under LoRA: megabytes, not GB).
+    checkpoint_frozen_parameters: bool = True
 
     def configure_optimizers(self) -> Any:
         """Return what Lightning 2.x accepts: an optimizer; a list of them; `([opts], [scheds])`;

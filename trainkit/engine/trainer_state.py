@@ -140,6 +140,7 @@ def save_checkpoint(trainer: Trainer, filepath: str | None = None, weights_only:
                 rank=trainer.strategy.global_rank,
                 is_global_zero=trainer.is_global_zero,
                 barrier=trainer.strategy.barrier,
+                trainable_only=not trainer._module.checkpoint_frozen_parameters,
             )
         except BaseException as exc:
             _fail_save(trainer, exc, directory, os.path.basename(name))

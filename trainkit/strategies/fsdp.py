@@ -2,13 +2,16 @@
 over the processes; each wrapped block gathers its parameters just for its forward and backward.
 
 Blocks to wrap are named by class (`strategy.wrap_modules=[TransformerBlock]`); the root module is
-always wrapped. The precision plugin's mode picks the mixed-precision policy (bf16-mixed: bf16
+always wrapped. Left empty, the blocks are those the model names itself: every class listed in a
+submodule's `_no_split_modules` (Hugging Face models name their decoder layer there, e.g.
+GPT2Block, LlamaDecoderLayer). The precision plugin's mode picks the mixed-precision policy (bf16-mixed: bf16
 compute, fp32 gradient reduction). Checkpoints are sharded: every rank writes its own part through
 torch.distributed.checkpoint, which can read them back on another number of processes.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Iterator
 
 import torch
@@ -16,6 +19,8 @@ from torch import nn
 
 from trainkit.launch.env import DistEnv
 from trainkit.strategies.ddp import DDPStrategy
+
+log = logging.getLogger("trainkit")
 
 
 class FSDPStrategy(DDPStrategy):
@@ -42,8 +47,9 @@ class FSDPStrategy(DDPStrategy):
             options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         if self.cpu_offload:
             options["offload_policy"] = CPUOffloadPolicy()
+        names = self.wrap_modules or layer_classes(module)
         for sub in module.modules():
-            if sub is not module and type(sub).__name__ in self.wrap_modules:
+            if sub is not module and type(sub).__name__ in names:
                 fully_shard(sub, **options)
         fully_shard(module, **options)
         return module
@@ -56,6 +62,17 @@ class FSDPStrategy(DDPStrategy):
 
     def no_backward_sync(self, module: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         return _paused_gradient_sync(module) if enabled else contextlib.nullcontext()
+
+
+def layer_classes(module: nn.Module) -> set[str]:
+    """The block classes a model declares as units that must not be split (`_no_split_modules`)."""
+    names: set[str] = set()
+    for sub in module.modules():
+        names.update(getattr(sub, "_no_split_modules", None) or ())
+    if names:
+        log.info("strategy=fsdp: sharding each %s (from the model's _no_split_modules; strategy.wrap_modules "
+                 "overrides)", ", ".join(sorted(names)))
+    return names
 
 
 @contextlib.contextmanager

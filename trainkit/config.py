@@ -82,6 +82,8 @@ class TrainerConfig:
     resume_strict: bool = _TRAINER["resume_strict"]  # refuse a resume that would not continue the run exactly
     init_from: Optional[str] = _TRAINER["init_from"]  # fine-tune: start from this checkpoint's model weights only
     detect_anomaly: bool = _TRAINER["detect_anomaly"]  # autograd anomaly mode: finds the op that made a NaN (slow)
+    # a rank without progress this long ends the run naming it (x4 for a first step or a checkpoint); null: off
+    hang_timeout_s: Optional[float] = _TRAINER["hang_timeout_s"]
     # Lightning's debugging and stopping arguments, with their meaning (Trainer docstring)
     fast_dev_run: Any = _TRAINER["fast_dev_run"]  # true or n: n batches of each loop once, no logs, no checkpoints
     # k batches (int) or a fraction: the same unshuffled batches for train and val

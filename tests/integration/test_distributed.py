@@ -1,7 +1,11 @@
 """Several real processes on CPU (gloo), started by trainkit's local launcher or by torchrun."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +15,7 @@ import torch
 
 from tests.conftest import ROOT, SMALL_DATA, final_weights, metric_rows, train_losses
 from tests.conftest import run_cli as _run_cli
+from trainkit.heartbeat import PHASES
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two processes on two cores; and steadier sums
 # No dropout: its masks come from each process's RNG, the one thing that cannot be split the same
@@ -60,19 +65,65 @@ def test_gradient_accumulation_under_ddp_equals_one_process(tmp_path):
     assert_close_runs(one, two)
 
 
-def test_a_killed_worker_is_restarted_and_the_run_continues_exactly(tmp_path):
-    plain, restarted = tmp_path / "plain", tmp_path / "restarted"
-    common = [*BASE, "trainer.devices=2", "datamodule.batch_size=16", "trainer.checkpoint_every_n_steps=3"]
-    assert run_cli("fit", *common, f"hydra.run.dir={plain}").returncode == 0
+# Two processes saving every 3 steps, and that run uninterrupted: what every restarted run must equal.
+TWO_SAVING = [*BASE, "trainer.devices=2", "datamodule.batch_size=16", "trainer.checkpoint_every_n_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def plain_two_saving(tmp_path_factory):
+    plain = tmp_path_factory.mktemp("plain") / "run"
+    assert run_cli("fit", *TWO_SAVING, f"hydra.run.dir={plain}").returncode == 0
+    return plain
+
+
+def test_a_killed_worker_is_restarted_and_the_run_continues_exactly(tmp_path, plain_two_saving):
+    plain, restarted = plain_two_saving, tmp_path / "restarted"
     kill = ["+callbacks.kill._target_=tests.integration.chaos.SignalAt", "+callbacks.kill.batch=7",
             "+callbacks.kill.rank=1", "trainer.max_restarts=1"]
-    result = run_cli("fit", *common, *kill, f"hydra.run.dir={restarted}")
+    result = run_cli("fit", *TWO_SAVING, *kill, f"hydra.run.dir={restarted}")
     assert result.returncode == 0, result.stderr
     log = (restarted / "trainkit.log").read_text()
     assert "resumed from" in log and "step=6" in log
     assert "restart 1 of 1: worker rank 1 was killed by SIGKILL; the new group resumes from" in log
     assert losses(plain) == losses(restarted)
     wa, wb = final_weights(plain), final_weights(restarted)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_stopped_worker_is_named_with_its_stack_and_the_restarted_group_finishes_exactly(tmp_path, plain_two_saving):
+    run, timeout = tmp_path / "run", 4
+    args = [*TWO_SAVING, "logger=csv", f"trainer.hang_timeout_s={timeout}", "trainer.max_restarts=1",
+            "+callbacks.pace._target_=tests.integration.chaos.Pace", f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([sys.executable, "-m", "trainkit", "fit", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"})
+    try:
+        rank1, deadline = run / ".heartbeat" / "rank1.json", time.monotonic() + 120
+        while True:  # rank 1's own heartbeat says its pid and when it is well into training
+            assert proc.poll() is None and time.monotonic() < deadline
+            with contextlib.suppress(OSError, ValueError):
+                record = json.loads(rank1.read_text())
+                if record["step"] >= 4:
+                    break
+            time.sleep(0.05)
+        os.kill(record["pid"], signal.SIGSTOP)
+        stopped, log = time.monotonic(), run / "trainkit.log"
+        while "restart 1 of 1" not in log.read_text():
+            assert time.monotonic() - stopped < timeout + 8, "the stall was not noticed in time"
+            time.sleep(0.1)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a failed test leaves no stopped worker behind
+    assert proc.returncode == 0, err
+    text = log.read_text()
+    note = re.search(rf"restart 1 of 1: rank 1 \(host \S+, pid {record['pid']}\) made no progress for \d+ s "
+                     rf"\(trainer.hang_timeout_s={timeout}\): last at step \d+ in phase (\w+); its process does not run", text)
+    assert note and note[1] in PHASES, text[-3000:]
+    stack = text.split(f"Python stack of rank 1 (pid {record['pid']}, phase {note[1]}):")[1].split("Python stack of rank 0")[0]
+    assert "trainkit/engine/fit_loop.py" in stack and "in _train_epoch" in stack
+    assert losses(plain_two_saving) == losses(run)
+    wa, wb = final_weights(plain_two_saving), final_weights(run)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 

@@ -67,6 +67,7 @@ def evaluate(trainer: Trainer, stage: str, module: TrainModule, shards: list, li
             metrics.dataloader_idx = idx if several else None
             extra = (idx,) if several else ()
             for batch_idx, batch in _batches(trainer, f"{stage}_dataloader_next", loader, limit):
+                trainer.heartbeat.mark("validation")
                 batch = strategy.batch_to_device(precision.convert_input(batch)) if transfer is None \
                     else transfer(batch, idx)
                 for fn in batch_start:
@@ -77,6 +78,7 @@ def evaluate(trainer: Trainer, stage: str, module: TrainModule, shards: list, li
                     fn(out, batch, batch_idx, *extra)
         metrics.dataloader_idx = None
         trainer._call(f"on_{prefix}_epoch_end")
+    trainer.heartbeat.mark("collective")  # the epoch's metrics are reduced over the ranks
     values = metrics.read_epoch()
     if log:
         trainer.log_metrics(values)

@@ -77,6 +77,7 @@ class FitLoop:
 
     def run(self) -> None:
         trainer = self.trainer
+        trainer.heartbeat.begin(trainer.state.global_step)
         if trainer._resume_position is None:  # as Lightning: a resumed run goes straight on
             evaluation.sanity_check(trainer, self.module, self.val_loaders, trainer.num_val_batches)
         if trainer.max_time is not None:
@@ -152,6 +153,7 @@ class FitLoop:
         batch_start, batch_end = hooks.targets("on_train_batch_start"), hooks.targets("on_train_batch_end")
         before_backward, after_backward = hooks.targets("on_before_backward"), hooks.targets("on_after_backward")
         finite, guard = trainer.finite_check, trainer.spike_guard
+        beat = trainer.heartbeat.mark  # what the loop is doing, for the hang watch (trainkit.heartbeat)
         transfer = hooks.batch_transfer()  # None unless the module or DataModule overrides those hooks
         state.batch_idx = skip
         completed = False
@@ -160,6 +162,7 @@ class FitLoop:
             completed = is_last
             if batch_idx < skip:
                 continue
+            beat("forward")
             if resume:
                 restore_rng(resume["rng"])
                 resume = None
@@ -186,6 +189,7 @@ class FitLoop:
                             guard.add(loss)
                         for fn in before_backward:
                             fn(loss)
+                        beat("backward")
                         backward(loss)
                         for fn in after_backward:
                             fn()
@@ -196,9 +200,11 @@ class FitLoop:
                 if manual:  # log when the batch's optimizer steps passed a multiple of log_every_n_steps
                     log_now = state.global_step // every != steps_before // every
                 else:
+                    beat("optimizer")
                     step(trainer, batch_idx, is_last)
                     log_now = state.global_step % every == 0
                 if log_now:
+                    beat("collective")
                     finite.check()
                     self._log_step()
                 if val_every and ((val_offset + batch_idx + 1) % val_every == 0 or (val_at_end and is_last)):
@@ -209,6 +215,7 @@ class FitLoop:
                 for fn in batch_end:
                     fn(outputs, batch, batch_idx)
             if step_now:
+                beat("collective")
                 signum = self.stop_vote.poll(state.global_step)
                 if signum is not None:
                     self._stop_for_signal(signum)
@@ -224,6 +231,7 @@ class FitLoop:
                     break
             if state.should_stop and step_now and self._can_stop_early():
                 break
+            beat("data")
         if resume:  # every batch of the epoch had been consumed before the checkpoint
             restore_rng(resume["rng"])
         metrics.step_default = False

@@ -35,6 +35,7 @@ from trainkit.engine.spike_guard import make_spike_guard
 from trainkit.engine.seed import seed_everything, set_deterministic
 from trainkit.engine.state import TrainState
 from trainkit.errors import ConfigError, UserError
+from trainkit.heartbeat import Heartbeat
 from trainkit.launch.env import from_environ
 from trainkit.precision import Precision
 from trainkit.profiler import make_profiler
@@ -73,6 +74,7 @@ class Trainer:
         resume_strict: bool = True,
         init_from: str | None = None,
         detect_anomaly: bool = False,
+        hang_timeout_s: float | None = None,
         hparams: dict[str, Any] | None = None,
         fast_dev_run: bool | int = False,
         overfit_batches: int | float = 0.0,
@@ -142,6 +144,10 @@ class Trainer:
         self.resume_strict = resume_strict
         self.init_from = init_from  # fine-tuning: a checkpoint's model weights, nothing else
         self.detect_anomaly = detect_anomaly
+        # A rank without progress this long (x heartbeat.SLOW for a first step or a checkpoint) ends
+        # the fit naming it, its phase and its stack (trainkit.heartbeat); None: not watched.
+        self.hang_timeout_s = hang_timeout_s
+        self.heartbeat = Heartbeat()
         self._lightning_arguments(fast_dev_run, overfit_batches, num_sanity_val_steps, min_epochs, min_steps,
                                   reload_dataloaders_every_n_epochs)
         self.inference_mode = arguments.flag("inference_mode", inference_mode)
@@ -316,7 +322,8 @@ class Trainer:
                 loop.run()
             self._call("on_fit_end")
 
-        self._run(model, datamodule, "fit", run)
+        with self.heartbeat.watching(self, self.hang_timeout_s):
+            self._run(model, datamodule, "fit", run)
 
     def validate(self, model: TrainModule | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
                  verbose: bool = True, datamodule: DataModule | None = None) -> list[dict[str, float]]:

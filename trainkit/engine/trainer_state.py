@@ -112,6 +112,7 @@ def save_checkpoint(trainer: Trainer, filepath: str | None = None, weights_only:
     callbacks put their averaged weights in as the model's for the time of the save."""
     from trainkit import checkpoint
 
+    trainer.heartbeat.mark("checkpoint")
     trainer.finite_check.check()  # never a checkpoint of weights that a non-finite loss produced
     with contextlib.ExitStack() as stack:
         for cb in trainer.callbacks:
@@ -219,6 +220,7 @@ def restore(trainer: Trainer, ckpt_path: str | None = None) -> None:
     """Before fit: continue from the checkpoint `resume` names, or start from `init_from`'s weights."""
     from trainkit import checkpoint
 
+    trainer.heartbeat.mark("checkpoint")
     path = checkpoint_to_load(trainer, ckpt_path)
     if path is None:
         if trainer.init_from:

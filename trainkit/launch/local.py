@@ -146,11 +146,11 @@ def _stop_report(signum: int, run_dir: str, stop: _Stop) -> Interrupted:
 def _stopped_by_signal(failures: dict, run_dir: str) -> Interrupted | None:
     """Every worker left with 128 + N after saving at the same step (trainkit.signals): not a
     failure but a stop, reported like a single process's."""
-    from trainkit.checkpoint import step_of
-
     codes = {failure.exitcode for failure in failures.values()}
     if len(codes) != 1 or not 128 < next(iter(codes)) < 128 + 65:
         return None
+    from trainkit.checkpoint import step_of  # (it imports torch.distributed.checkpoint: seconds)
+
     signum = next(iter(codes)) - 128
     last = os.path.realpath(os.path.join(run_dir, "checkpoints", "last"))
     return Interrupted(signum, f"stopped by {signal.Signals(signum).name} at step {step_of(last)}; "
@@ -210,6 +210,11 @@ def _failed_at(failure) -> float:
 
 
 def _describe(rank: int, failure) -> Exception:
+    from trainkit.heartbeat import stalled_message
+
+    stalled = stalled_message(failure)  # a stalled rank, ended by the hang watch (it may have been killed)
+    if stalled:
+        return WorkerFailed(stalled, 1)
     if failure.exitcode < 0:
         name = signal.Signals(-failure.exitcode).name
         return WorkerFailed(f"worker rank {rank} was killed by {name}; the other workers were stopped", 1)

@@ -48,7 +48,7 @@ PROFILERS = ("simple", "advanced", "pytorch")
 
 def check_profiler(value: Any) -> None:
     """Refuse a profiler setting make_profiler could not build (torch-free: the CLI checks configs)."""
-    if value is None or value is False or all(callable(getattr(value, m, None)) for m in ("start", "wrap", "stop")):
+    if value is None or value is False or all(callable(getattr(value, m, None)) for m in ("start", "wrap", "iterate", "stop")):
         return
     name, options = (value, {}) if isinstance(value, str) else \
         (value.get("name"), {k: v for k, v in value.items() if k != "name"}) if isinstance(value, dict) else (None, None)

@@ -169,3 +169,14 @@ def test_the_simple_profiler_saves_its_table_in_the_run_folder(tmp_path, capsys)
     fit(Linear(), batches(4), profiler="simple", default_root_dir=str(tmp_path))
     saved = (tmp_path / "profiler" / "fit-rank0-simple.txt").read_text()
     assert "training_step" in saved and "train_dataloader_next" in saved and saved in capsys.readouterr().out
+
+
+def test_a_resumed_run_keeps_the_spike_guards_history(tmp_path):
+    guard = {"warmup": 5}
+    whole = fit(Linear(), batches(20), max_steps=20, spike_guard=guard)
+    fit(Linear(), batches(20), max_steps=10, spike_guard=guard, enable_checkpointing=True,
+        default_root_dir=str(tmp_path))
+    resumed = Trainer(max_steps=20, spike_guard=guard, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu", enable_checkpointing=False)
+    resumed.fit(Linear(), train_dataloaders=batches(20), ckpt_path=str(tmp_path / "checkpoints" / "last"))
+    assert list(resumed.spike_guard.history) == list(whole.spike_guard.history) and len(whole.spike_guard.history) == 20

@@ -98,7 +98,9 @@ class HFCausalLM(TrainModule):
         return self.model(input_ids=tokens, use_cache=True, **{self._cache_arg: cache})
 
     def setup(self, stage: str) -> None:
-        block = getattr(self.trainer.datamodule, "block_size", None) if self.trainer else None
+        if stage == "predict":  # generation reads no blocks
+            return
+        block = getattr(self.trainer.datamodule, "block_size", None)
         if block and self.max_positions and block > self.max_positions:
             raise ConfigError(f"datamodule.block_size={block} is longer than the model's context "
                               f"({self.max_positions} positions); lower datamodule.block_size")

@@ -216,3 +216,16 @@ def test_a_hub_id_out_of_reach_fails_at_once_naming_hf_home(tmp_path, monkeypatc
     assert "save_pretrained" in str(exc.value) and time.monotonic() - started < 5
     with pytest.raises(ConfigError, match="no such folder"):
         HFCausalLM(str(tmp_path / "missing"))
+
+
+def test_predict_continues_each_prompt_and_reads_no_text(pretrained, tmp_path):
+    model = HFCausalLM(pretrained, lora={"r": 8}, temperature=0)
+    dm = _datamodule(tmp_path / "no_such_folder", pretrained, tmp_path, block_size=4096,  # neither is read
+                     prompt=["The derivative", "In section"], max_new_tokens=5)
+    out = _trainer(tmp_path).predict(model, datamodule=dm)
+    assert [o["prompt"] for o in out] == ["The derivative", "In section"]
+    for o in out:
+        prompt_len = len(model.tokenizer(o["prompt"])["input_ids"])
+        assert len(o["tokens"]) == prompt_len + 5
+        new, eos = o["tokens"][prompt_len:].tolist(), model.tokenizer.eos_token_id
+        assert o["completion"] == model.tokenizer.decode(new[: new.index(eos)] if eos in new else new)  # cut at EOS

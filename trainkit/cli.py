@@ -47,6 +47,7 @@ import time
 import traceback
 from pathlib import Path
 
+from trainkit import forked_compose
 from trainkit.choices import COMMANDS
 from trainkit.errors import Interrupted, RunDirLocked, UserError
 from trainkit.exits import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, exit_code, record_failure
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         return _fail(EXIT_BAD_INPUT, f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}, export, "
                      "resume (trainkit --help lists them)")
+    if forked_compose.wanted(overrides, dry_run):  # Hydra composes in a child while torch is imported here
+        composer = forked_compose.fork_composer()
+        if composer is not None:
+            return _launch_handed_over(composer, debug)
     failures: list[tuple[BaseException, str | None]] = []
     trials: list = []  # SLURM jobs of a grid sweep's trials, followed together below
     started = time.time()
@@ -130,6 +135,32 @@ def main(argv: list[str] | None = None) -> int:
     if sweep_dir is not None and not dry_run:
         return end_of_sweep(sweep_dir, failures, codes, started)
     return codes[0] if codes else EXIT_OK
+
+
+def _launch_handed_over(composer: forked_compose.Composer, debug: bool) -> int:
+    """The parent of a forked composition: launch the config.yaml the child handed over (with the
+    child's handling of failures), or leave with the child's code when it did the whole command."""
+    config_path, code = composer.wait()
+    if config_path is None or code != EXIT_OK:
+        forked_compose.leave(code)
+    from omegaconf import OmegaConf
+
+    from trainkit import run_lock
+    from trainkit.launch import launcher_for
+
+    cfg = OmegaConf.load(config_path)
+    lock = run_lock.adopt(cfg.run_dir)
+    try:
+        launcher_for(cfg, outside=False).launch(config_path, cfg)
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrupted")
+    except Exception as exc:  # noqa: BLE001 - as the task in _run_hydra reports it
+        record_failure(exc, cfg.run_dir)
+        return report_failure(exc, cfg.run_dir, debug)
+    finally:
+        if lock is not None:
+            lock.release()
+    return EXIT_OK
 
 
 def _take_config_dir(argv: list[str]) -> tuple[list[str], str | None]:

@@ -15,7 +15,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainkit import crossval, run_lock
+from trainkit import crossval, forked_compose, run_lock
 from trainkit.config import check_values
 from trainkit.errors import UserError
 from trainkit.launch import Outcome, launcher_for, preflight
@@ -26,6 +26,7 @@ def run_composed(command: str, cfg: DictConfig, dry_run: bool = False, trials: l
     """`trials`: the SLURM jobs of the grid sweep this run belongs to (trainkit.launch.launcher_for)."""
     cfg.command = command
     if crossval.wants_all_folds(cfg):  # datamodule.folds=k: k runs, one per validation fold, then mean ± std
+        forked_compose.keep_here()
         metrics = crossval.run_folds(cfg, lambda each, fold_cfg: run_composed(each, fold_cfg, dry_run, trials).metrics,
                                      from_environ().is_worker)
         return Outcome(metrics)
@@ -56,9 +57,11 @@ def run_composed(command: str, cfg: DictConfig, dry_run: bool = False, trials: l
         config_path = write_config(cfg)
         if env.is_worker:
             _config_of_rank_zero(env, run_dir, config_path)
+        if forked_compose.hand_over(config_path, launcher, lock):  # the parent launches it, holding the lock
+            return Outcome()
         return launcher.launch(config_path, cfg)
     finally:
-        lock.release()  # (a SLURM job that took it over keeps it: RunLock.hand_to_job)
+        lock.release()  # (a SLURM job or the parent of a forked composition that took it over keeps it)
 
 
 def _slurm_preflight(cfg: DictConfig, env) -> None:

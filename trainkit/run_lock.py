@@ -97,6 +97,14 @@ class RunLock:
         if self.handed_over and current is not None and current.token == self.owner.token:
             os.unlink(self.path)
 
+    def hand_to(self, pid: int) -> None:
+        """The parent of a forked composition owns the folder now (trainkit.forked_compose): it
+        takes the lock over with `adopt`; this process ends without releasing it."""
+        self.handed_over = True
+        _HELD.pop(os.path.dirname(self.path), None)
+        self.owner.pid, self.owner.pids = pid, [[pid, _start_ticks(pid)]]
+        _write(self.path, self.owner)
+
     def release(self) -> None:
         _HELD.pop(os.path.dirname(self.path), None)
         if self.handed_over:
@@ -135,6 +143,17 @@ def acquire(run_dir: str, inherit: str = "", command: str | None = None) -> RunL
         raise RunDirLocked(f"run folder {run_dir}: could not take its lock {path} (other commands took it "
                            "at the same moment); run again")
     lock = RunLock(path, me)
+    _HELD[run_dir] = lock
+    return lock
+
+
+def adopt(run_dir: str) -> RunLock | None:
+    """The lock of `run_dir` that a forked child handed to this process (`RunLock.hand_to`)."""
+    path = os.path.join(run_dir, LOCK)
+    owner = _read(path)
+    if owner is None or owner.pid != os.getpid():
+        return None
+    lock = RunLock(path, owner)
     _HELD[run_dir] = lock
     return lock
 

@@ -208,13 +208,13 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resume_is_ex
     plain, stopped = tmp_path / "plain", tmp_path / "stopped"
     common = [*BASE, "trainer.devices=2", "datamodule.batch_size=16"]
     assert run_cli("fit", *common, f"hydra.run.dir={plain}").returncode == 0
-    # SIGTERM reaches rank 1 alone (after its 5th batch): the ranks agree through the store.
+    # SIGTERM reaches rank 1 alone (after its 5th batch): the ranks agree through a sum every 4 steps.
     signal_rank_1 = ["+callbacks.stop._target_=tests.integration.chaos.SignalAt", "+callbacks.stop.batch=5",
                      "+callbacks.stop.rank=1", "+callbacks.stop.signal=SIGTERM", "+callbacks.stop.fresh_only=true"]
     result = run_cli("fit", *common, *signal_rank_1, f"hydra.run.dir={stopped}")
     assert result.returncode == 143, result.stderr
-    assert "stopped by SIGTERM; checkpoint saved:" in result.stderr and f"resume with: trainkit resume {stopped}" in result.stderr
-    # Posted at step 5; every rank reads it at step 8 and stops at 8 + 4 (trainkit.signals.StopVote).
+    assert "stopped by SIGTERM at step 12; checkpoint saved:" in result.stderr and f"resume with: trainkit resume {stopped}" in result.stderr
+    # Seen at step 5, sent in the sum started at step 8, read by every rank at step 12 (trainkit.signals.StopVote).
     assert "-step=12" in (stopped / "checkpoints" / "last").resolve().name
     assert run_cli("resume", str(stopped)).returncode == 0  # from its folder: its own config, 2 processes
     assert losses(plain) == losses(stopped)

@@ -49,7 +49,7 @@ class FitLoop:
         """`source()` gives (train loader, val loaders): called now, and again every
         `reload_dataloaders_every_n_epochs` epochs."""
         self.trainer, self.module, self.source = trainer, module, source
-        self.stop_vote = StopVote(signals, trainer.strategy.store)
+        self.stop_vote = StopVote(signals, trainer.strategy)
         self.time_vote = None  # max_time: the same agreement as a signal, so every rank stops at one step
         self._loaded_epoch = trainer.state.epoch
         self.setup_data()
@@ -81,7 +81,7 @@ class FitLoop:
         if trainer._resume_position is None:  # as Lightning: a resumed run goes straight on
             evaluation.sanity_check(trainer, self.module, self.val_loaders, trainer.num_val_batches)
         if trainer.max_time is not None:
-            self.time_vote = StopVote(_Deadline(trainer), trainer.strategy.store, key="trainkit/max_time")
+            self.time_vote = StopVote(_Deadline(trainer), trainer.strategy)
         train_epoch = self._train_epoch
         if trainer.profiler is not None:
             train_epoch = trainer.profiler.wrap("run_training_epoch", train_epoch)
@@ -94,6 +94,9 @@ class FitLoop:
             trainer.state.epoch += 1
             trainer.state.batch_idx = 0
             trainer.state.epoch_ending = False
+        for vote in (self.stop_vote, self.time_vote):
+            if vote is not None:
+                vote.close()
         trainer._call("on_train_end")
 
     def _reload_if_due(self) -> None:
@@ -216,10 +219,10 @@ class FitLoop:
                     fn(outputs, batch, batch_idx)
             if step_now:
                 beat("collective")
-                signum = self.stop_vote.poll(state.global_step)
+                signum = self.stop_vote.poll()
                 if signum is not None:
                     self._stop_for_signal(signum)
-                if self.time_vote is not None and self.time_vote.poll(state.global_step) is not None \
+                if self.time_vote is not None and self.time_vote.poll() is not None \
                         and not state.should_stop:
                     log.info("max_time reached at step %d: stopping", state.global_step)
                     state.should_stop = True

@@ -33,7 +33,7 @@ class Strategy(Protocol):
     # version counters, which inference tensors lack): evaluation then runs under no_grad, as
     # Lightning does for FSDP.
     supports_inference_mode: bool
-    # The group's key-value store (None in one process): ranks agree on a stop signal through it.
+    # The group's key-value store (None in one process).
     store: Any
 
     def setup_module(self, module: nn.Module) -> nn.Module:

@@ -83,7 +83,6 @@ class DDPStrategy:
 
     def __init__(self, env: DistEnv, device: torch.device, find_unused_parameters: bool = False,
                  timeout_s: float = 1800.0) -> None:
-        # The group's store also carries the stop signal between ranks (trainkit.signals.StopVote).
         self.store = init_process_group(env, "nccl" if device.type == "cuda" else "gloo", timeout_s)
         self.env = env
         self.world_size = env.world_size

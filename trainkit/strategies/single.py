@@ -18,7 +18,7 @@ class SingleDeviceStrategy:
     is_global_zero = True
     forward_in_lockstep = False
     supports_inference_mode = True
-    store = None  # one process: a stop signal needs no agreement
+    store = None  # one process: no group
 
     def __init__(self, device: torch.device) -> None:
         self.root_device = device

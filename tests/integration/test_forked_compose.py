@@ -1,0 +1,55 @@
+"""Start-up: Hydra composes in a forked child while the command's own process imports torch, then
+trains (trainkit.forked_compose)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, SMALL_DATA
+from trainkit import Callback
+from trainkit.forked_compose import wanted
+
+
+class RecordProcess(Callback):
+    """At the start of training: this process's pid, the owner of the run folder's lock, and
+    whether this process composed the config (trainkit.compose is imported only where it does)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_start(self, trainer, module) -> None:
+        with open(os.path.join(trainer.default_root_dir, "trainkit.lock")) as f:
+            lock = json.load(f)
+        Path(self.out).write_text(json.dumps({"pid": os.getpid(), "lock_pid": lock["pid"],
+                                              "composed_here": "trainkit.compose" in sys.modules}))
+
+
+def test_the_command_trains_in_its_own_process_holding_the_lock_a_forked_child_composed_for(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "process.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainkit", "fit", *SMALL_DATA, "trainer.max_steps=1", "trainer.limit_val_batches=1",
+         "+callbacks.rec._target_=tests.integration.test_forked_compose.RecordProcess", f"+callbacks.rec.out={out}",
+         f"hydra.run.dir={run}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    seen = json.loads(out.read_text())
+    assert seen == {"pid": proc.pid, "lock_pid": proc.pid, "composed_here": False}
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "config.yaml").is_file()
+    assert not (run / "trainkit.lock").exists()  # released by the process that held it
+
+
+def test_composes_in_place_for_hydra_flags_dry_runs_and_outside_launchers(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh `trainkit` process
+    for var in ("RANK", "WORLD_SIZE", "SLURM_STEP_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    assert wanted(["model.hidden_size=8", "~logger"], dry_run=False)
+    assert not wanted(["model.hidden_size=8"], dry_run=True)
+    for flags in (["--cfg", "job"], ["-m", "optimizer.lr=1e-3,3e-3"], ["--info"]):
+        assert not wanted(flags, dry_run=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun worker: every rank composes in place
+    assert not wanted([], dry_run=False)

@@ -17,7 +17,9 @@ fills those and leaves the frozen rest as the module's __init__ built it.
 
 A checkpoint is written under `.tmp-<name>`, fsynced, given its manifest, then renamed into
 place; only then does `last` move. A kill at any moment leaves the previous checkpoint and
-`last` intact. Everything is read back with `weights_only=True` (and DCP's metadata with an
+`last` intact. `save_async` copies the model and optimizer state to host memory and returns: DCP
+writes the shards in a thread while training goes on, and rank zero gives the folder its
+manifest, renames it and moves `last` when the write completes. Everything is read back with `weights_only=True` (and DCP's metadata with an
 unpickler that admits only DCP's own record types), so a stranger's checkpoint cannot run code.
 """
 from __future__ import annotations
@@ -29,7 +31,9 @@ import os
 import pickle
 import re
 import shutil
+import threading
 import warnings
+from concurrent.futures import Future
 from typing import Any, Callable
 
 import torch
@@ -67,29 +71,118 @@ def save(
 ) -> str:
     """Write a complete checkpoint `<directory>/<name>` and point `last` at it. Every rank calls
     this; rank zero publishes. Returns the checkpoint's path."""
-    final = os.path.join(directory, name)
+    tmp = _begin(directory, name, is_global_zero, barrier)
+    with _quiet_single_process():
+        dcp.save(_model_optim_state(model, optimizers, trainable_only), checkpoint_id=os.path.join(tmp, "state"),
+                 no_dist=not _distributed())
+    _save_small_files(tmp, trainer_state, rank_state, len(optimizers), rank, is_global_zero, trainable_only)
+    barrier()
+    if is_global_zero:
+        _publish(directory, name, tmp)
+    barrier()
+    return os.path.join(directory, name)
+
+
+class PendingSave:
+    """A checkpoint being written in the background: `wait()` returns once it is published (or
+    raises what went wrong); `path` is where it will be."""
+
+    def __init__(self, path: str, write: Future, publish: Callable[[], None] | None) -> None:
+        self.path, self._publish = path, publish
+        self._finished = threading.Event()
+        self._error: BaseException | None = None
+        write.add_done_callback(self._finish)  # in DCP's writer thread, once the shards are on disk
+
+    def _finish(self, write: Future) -> None:
+        try:
+            write.result()
+            if self._publish is not None:
+                self._publish()
+        except BaseException as exc:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
+            self._error = exc
+        finally:
+            self._finished.set()
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self) -> None:
+        self._finished.wait()
+        if self._error is not None:
+            raise self._error
+
+
+def save_async(
+    directory: str,
+    name: str,
+    *,
+    model: torch.nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    trainer_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    rank: int = 0,
+    is_global_zero: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+    trainable_only: bool = False,
+) -> PendingSave:
+    """`save`, returning as soon as the model and optimizer state are copied to host memory
+    (the small files are written before it returns). Every rank calls it, and waits for its
+    previous PendingSave first. Several processes: DCP's writer thread coordinates the ranks
+    over a gloo group of its own (a collective there must not interleave with the training's),
+    and rank zero's write completes only once every rank's shards are on disk, so rank zero
+    publishes alone."""
+    tmp = _begin(directory, name, is_global_zero, barrier)
+    _save_small_files(tmp, trainer_state, rank_state, len(optimizers), rank, is_global_zero, trainable_only)
+    # (DCP's writer thread warns too, outside any catch_warnings of this thread)
+    warnings.filterwarnings("ignore", message=_NO_DIST_WARNING)
+    with _quiet_single_process():
+        write = dcp.async_save(_model_optim_state(model, optimizers, trainable_only), checkpoint_id=os.path.join(tmp, "state"),
+                               no_dist=not _distributed(), process_group=_writer_group())
+    write = getattr(write, "upload_completion", write)  # (an AsyncSaveResponse with a stager of one's own)
+    publish = (lambda: _publish(directory, name, tmp)) if is_global_zero else None
+    return PendingSave(os.path.join(directory, name), write, publish)
+
+
+_WRITER_GROUPS: dict[int, Any] = {}
+
+
+def _writer_group() -> Any:
+    """A gloo group for DCP's writer thread, made once per process group (a collective: every
+    rank reaches it at the same save)."""
+    if not _distributed():
+        return None
+    world = torch.distributed.group.WORLD
+    if id(world) not in _WRITER_GROUPS:
+        _WRITER_GROUPS[id(world)] = torch.distributed.new_group(backend="gloo")
+    return _WRITER_GROUPS[id(world)]
+
+
+def _begin(directory: str, name: str, is_global_zero: bool, barrier: Callable[[], None]) -> str:
     tmp = temporary(directory, name)
     if is_global_zero:
         shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
         os.makedirs(tmp)
     barrier()
-    with _quiet_single_process():
-        dcp.save(_model_optim_state(model, optimizers, trainable_only), checkpoint_id=os.path.join(tmp, "state"),
-                 no_dist=not _distributed())
+    return tmp
+
+
+def _save_small_files(tmp: str, trainer_state: dict[str, Any], rank_state: dict[str, Any], optimizers: int,
+                      rank: int, is_global_zero: bool, trainable_only: bool) -> None:
     _save_file(rank_state, os.path.join(tmp, f"rank{rank}.pt"))
     if is_global_zero:
-        _save_file({**trainer_state, "optimizers": len(optimizers), "model_state": _model_state_kind(trainable_only)},
+        _save_file({**trainer_state, "optimizers": optimizers, "model_state": _model_state_kind(trainable_only)},
                    os.path.join(tmp, "trainer.pt"))
-    barrier()
-    if is_global_zero:
-        _write_manifest(tmp)
-        if os.path.exists(final):  # the same step saved again (e.g. a signal right after a save)
-            remove(final)
-        os.rename(tmp, final)
-        _fsync_dir(directory)
-        point_last(directory, name)
-    barrier()
-    return final
+
+
+def _publish(directory: str, name: str, tmp: str) -> None:
+    """Rank zero, once every file is written: manifest, rename into place, move `last`."""
+    final = os.path.join(directory, name)
+    _write_manifest(tmp)
+    if os.path.exists(final):  # the same step saved again (e.g. a signal right after a save)
+        remove(final)
+    os.rename(tmp, final)
+    _fsync_dir(directory)
+    point_last(directory, name)
 
 
 def temporary(directory: str, name: str) -> str:
@@ -186,11 +279,14 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+_NO_DIST_WARNING = "torch.distributed is disabled, unavailable or uninitialized"
+
+
 @contextlib.contextmanager
 def _quiet_single_process():
     # DCP warns on every save and load without a process group; one process is a case we mean.
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        warnings.filterwarnings("ignore", message=_NO_DIST_WARNING)
         yield
 
 

@@ -84,6 +84,7 @@ class TrainerConfig:
     detect_anomaly: bool = _TRAINER["detect_anomaly"]  # autograd anomaly mode: finds the op that made a NaN (slow)
     # a rank without progress this long ends the run naming it (x4 for a first step or a checkpoint); null: off
     hang_timeout_s: Optional[float] = _TRAINER["hang_timeout_s"]
+    async_checkpoint: bool = _TRAINER["async_checkpoint"]  # write checkpoints while training goes on (DCP async_save)
     # Lightning's debugging and stopping arguments, with their meaning (Trainer docstring)
     fast_dev_run: Any = _TRAINER["fast_dev_run"]  # true or n: n batches of each loop once, no logs, no checkpoints
     # k batches (int) or a fraction: the same unshuffled batches for train and val

@@ -37,6 +37,8 @@ class Precision:
         self.mode = mode
         self.device_type = device_type
         self._unscaled: set[int] = set()  # optimizers unscaled since their last step (16-mixed)
+        self._watched: set[int] = set()  # optimizers whose step hook tells whether the GradScaler stepped them
+        self._ran = False
         self.autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(mode)
         self.param_dtype = {"bf16-true": torch.bfloat16, "64-true": torch.float64}.get(mode)
         self.scaler = (
@@ -44,7 +46,7 @@ class Precision:
             if mode == "16-mixed"
             else None
         )
-        self.skipped_steps = 0  # optimizer steps the GradScaler skipped because of inf/NaN grads
+        self._skipped: torch.Tensor | None = None  # on the device: steps the GradScaler skipped (inf/NaN grads)
 
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.to(self.param_dtype) if self.param_dtype is not None else module
@@ -73,18 +75,38 @@ class Precision:
             self._unscaled.add(id(optimizer))
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Step the optimizer; False when the GradScaler skipped the step (inf/NaN gradients)."""
+        """Step the optimizer; False when the GradScaler skipped the step (inf/NaN gradients).
+        No host sync of its own: the GradScaler reads its inf check to decide (torch does, once
+        per step, unless the optimizer is fused), a step hook says whether the step ran, and the
+        count of skipped steps stays on the device until it is logged."""
         if self.scaler is None:
             optimizer.step()
             return True
-        scale_before = self.scaler.get_scale()
+        if id(optimizer) not in self._watched:
+            optimizer.register_step_post_hook(self._note_step)
+            self._watched.add(id(optimizer))
+        self._ran = False
+        before = self.scaler._get_scale_async()  # None until a loss was scaled
+        before = before.clone() if before is not None else None
         self.scaler.step(optimizer)
         self.scaler.update()
         self._unscaled.clear()
-        # The scaler lowers its scale exactly when it found inf/NaN and skipped the step.
-        skipped = self.scaler.get_scale() < scale_before
-        self.skipped_steps += int(skipped)
-        return not skipped
+        if before is not None:  # the scaler lowers its scale exactly when it found inf/NaN and skipped
+            skipped = (self.scaler._get_scale_async() < before).long()  # type: ignore[operator]
+            self._skipped = skipped if self._skipped is None else self._skipped + skipped
+        return self._ran
+
+    def _note_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._ran = True
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps the GradScaler skipped (a host sync: read at log steps)."""
+        return 0 if self._skipped is None else int(self._skipped)
+
+    @property
+    def loss_scale(self) -> float:
+        return self.scaler.get_scale() if self.scaler is not None else 1.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}

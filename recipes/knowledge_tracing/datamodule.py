@@ -148,6 +148,7 @@ class KTSequenceData(DataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate_kt, questions=self.num_questions > 0, first=self.multi_concept),
+            pin_memory=torch.cuda.is_available(),  # on a GPU: the copy (non_blocking) overlaps the step
         )
 
     def _source(self) -> Path:

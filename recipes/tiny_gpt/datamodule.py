@@ -107,8 +107,10 @@ class TextDataModule(DataModule):
     def train_dataloader(self) -> DataLoader:
         # drop_last: every batch has the same shape (one compile, no short last step); the few
         # windows it leaves out change from epoch to epoch with the shuffle.
+        # pin_memory: on a GPU, page-locked batches whose copy (non_blocking) overlaps the step
         return DataLoader(self._dataset("train"), batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, collate_fn=collate_windows)
+                          num_workers=self.num_workers, collate_fn=collate_windows,
+                          pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader | None:
         if self.val_fraction == 0:
@@ -125,7 +127,8 @@ class TextDataModule(DataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(self._dataset(split), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=collate_windows)
+                          num_workers=self.num_workers, collate_fn=collate_windows,
+                          pin_memory=torch.cuda.is_available())
 
     def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:

@@ -52,6 +52,7 @@ def test_sigkill_mid_epoch_then_resume_is_exact(case, tmp_path):
     result = run_cli("fit", *BASE, *extra, f"hydra.run.dir={b}")  # trainer.resume=auto is the default
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout and "batch" in result.stdout
+    assert "the sampler starts there, nothing before it is read" in result.stdout  # skipped by index
     resumed_at = checkpoint.step_of(result.stdout.split("resumed from ")[1].split(":")[0])
     assert 0 < resumed_at <= steps_before
     assert_same_run(a, b)
@@ -71,8 +72,10 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(tmp_path):
     assert_same_run(a, b)
 
 
-def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
-    run = tmp_path / "run"
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, mode):
+    # async: the kill comes from DCP's writer thread while the training steps go on
+    run, extra = tmp_path / "run", ["trainer.async_checkpoint=true"] if mode == "async" else []
     driver = (
         "import os, sys, trainkit.checkpoint as c\n"
         "orig, calls = c._write_manifest, []\n"
@@ -90,14 +93,14 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
 
     from tests.conftest import ROOT
 
-    result = subprocess.run([sys.executable, "-c", driver, "fit", *BASE, f"hydra.run.dir={run}"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", driver, "fit", *BASE, *extra, f"hydra.run.dir={run}"], cwd=ROOT,
                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == -signal.SIGKILL
     ckpts = run / "checkpoints"
     assert (ckpts / "last").resolve().name == "epoch=0-step=8"  # the second save, complete
     assert checkpoint.verify(str((ckpts / "last").resolve())) is None
     assert any(p.name.startswith(".tmp-") for p in ckpts.iterdir())  # the third, never published
-    result = run_cli("fit", *BASE, f"hydra.run.dir={run}")
+    result = run_cli("fit", *BASE, *extra, f"hydra.run.dir={run}")
     assert result.returncode == 0 and "resumed from" in result.stdout, result.stderr
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
 

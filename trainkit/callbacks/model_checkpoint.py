@@ -153,9 +153,12 @@ class ModelCheckpoint(Callback):
         self._rank(path, current, metrics)
         self.last_model_path = path
         self._saved.append(path)
+        from trainkit.engine import trainer_state
+
         trainer.save_checkpoint(path, weights_only=self.save_weights_only)
-        if trainer.is_global_zero:
-            self._delete_unkept()
+        if trainer.is_global_zero:  # (an async save: once it is complete, so a kill keeps the previous one)
+            unkept = self._unkept()
+            trainer_state.after_save(trainer, lambda: self._delete(unkept))
         return path
 
     def _current(self, metrics: dict[str, Any]) -> torch.Tensor | None:
@@ -212,12 +215,18 @@ class ModelCheckpoint(Callback):
             keep |= set(self._saved) if self.save_top_k == -1 else {self.best_model_path}
         return keep
 
-    def _delete_unkept(self) -> None:
+    def _unkept(self) -> list[str]:
+        """The saved checkpoints no longer kept, taken off the list of saved ones."""
+        keep = self._kept()
+        unkept = [p for p in self._saved if p not in keep]
+        self._saved = [p for p in self._saved if p in keep]
+        return unkept
+
+    @staticmethod
+    def _delete(paths: list[str]) -> None:
         from trainkit import checkpoint
 
-        keep = self._kept()
-        for path in [p for p in self._saved if p not in keep]:
-            self._saved.remove(path)
+        for path in paths:
             if os.path.isdir(path):
                 checkpoint.remove(path)
             elif os.path.isfile(path):

@@ -12,10 +12,11 @@ noted on the device and raised at the next point where the loop reads the device
 
 A training loader without a length (an IterableDataset) runs until it is exhausted (the epoch's
 end, found by reading one batch ahead) or until max_steps; it validates every int
-`val_check_interval` batches. Resuming such a run mid-epoch replays the epoch from its start (the
-same RNG state, `set_epoch` on the dataset when it has one) and skips the batches already trained
-on: exact when the dataset yields the same sequence again, as a seeded stream does. A stream that
-cannot be replayed (a live queue) does not continue exactly.
+`val_check_interval` batches. Resuming mid-epoch rebuilds the epoch's start (the same RNG state,
+`set_epoch`), then positions the loader at the batch it stopped at (data_position.py: by index in
+trainkit's sampler, or the loader's own state_dict), or else reads the batches already trained on
+again: exact when the loader yields the same sequence again, as a seeded stream does. A stream
+that cannot be replayed (a live queue) does not continue exactly.
 
 `should_stop` (early stopping, max_time) ends the fit only once `min_epochs` and `min_steps` are
 met, as in Lightning.
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
-from trainkit.engine import evaluation, loaders, optimization
+from trainkit.engine import data_position, evaluation, loaders, optimization, trainer_state
 from trainkit.engine.module import TrainModule, positional_arity
 from trainkit.engine.rng import capture_rng, restore_rng
 from trainkit.errors import ConfigError, Interrupted, UserError
@@ -67,6 +68,8 @@ class FitLoop:
         self.train_loader = loaders.distribute(train_loader, trainer, train=True)
         trainer.train_dataloader = self.train_loader
         trainer.num_training_batches = loaders.num_batches(self.train_loader, trainer.limit_train_batches)
+        trainer._data_position = data_position.DataPosition(self.train_loader,
+                                                            read_ahead=math.isinf(trainer.num_training_batches))
         self.val_loaders, trainer.num_val_batches = loaders.prepare_eval(trainer, val_loaders,
                                                                          trainer.limit_val_batches)
         if math.isinf(trainer.num_training_batches) and isinstance(trainer.val_check_interval, float) \
@@ -124,9 +127,10 @@ class FitLoop:
         metrics = trainer.metrics
         module.train()
         metrics.training = True
-        # Resuming mid-epoch: rebuild the epoch's data order from the RNG state it started with,
-        # read past the batches already consumed (loading them, so samplers and DataLoader
-        # workers stay in step), then continue from the RNG state of the checkpoint.
+        # Resuming mid-epoch: rebuild the epoch's start from the RNG state it began with (hooks,
+        # the loader's iterator and its workers' base seed draw from it), position the loader at
+        # the batch it stopped at (or read past the batches already consumed), then continue from
+        # the RNG state of the checkpoint.
         resume, trainer._resume_position = trainer._resume_position, None
         skip = resume["batch_idx"] if resume else 0
         if resume:
@@ -142,7 +146,18 @@ class FitLoop:
         accum = trainer.accumulate_grad_batches
         val_every, val_offset, val_at_end = self._val_schedule()
         training_step, backward, step = strategy.training_step, precision.backward, optimization.optimizer_step
-        batches = loaders.with_last(loader, n)
+        position = trainer._data_position
+        if skip >= n:  # the checkpoint was taken at the epoch's end: nothing of it is left
+            start, iterator = skip, iter(())
+        else:
+            start = position.seek(skip, resume.get("loader") if resume else None, state.epoch)
+            iterator = position.iterate(iter(loader))
+        if resume and start:
+            restore_rng(resume["rng"])
+            resume = None
+        batches = loaders.with_last(loader, n, start, iterator)
+        if skip and not start:
+            batches = data_position.replaying(batches, skip, state.epoch, loader)
         monitor = trainer.throughput_monitor
         if monitor is not None:  # times the waits for data
             batches = monitor.timed(batches)
@@ -159,11 +174,14 @@ class FitLoop:
         beat = trainer.heartbeat.mark  # what the loop is doing, for the hang watch (trainkit.heartbeat)
         transfer = hooks.batch_transfer()  # None unless the module or DataModule overrides those hooks
         state.batch_idx = skip
-        completed = False
+        completed = start >= n  # positioned past the epoch's last batch: it had ended
         metrics.step_default = True  # self.log in the batch loop: per step by default (Lightning)
         for batch_idx, batch, is_last in batches:
             completed = is_last
             if batch_idx < skip:
+                if resume and batch_idx + 1 == skip and not math.isinf(n):  # before batch `skip` is read
+                    restore_rng(resume["rng"])
+                    resume = None
                 continue
             beat("forward")
             if resume:
@@ -259,7 +277,7 @@ class FitLoop:
         values.update(trainer.grad_norms.read())
         if trainer.precision.scaler is not None:  # 16-mixed: skipped updates are normal, and shown
             values["precision/skipped_steps"] = float(trainer.precision.skipped_steps)
-            values["precision/loss_scale"] = trainer.precision.scaler.get_scale()
+            values["precision/loss_scale"] = trainer.precision.loss_scale
         if trainer.spike_guard is not None:
             values["spike_guard/skipped_steps"] = float(trainer.spike_guard.skipped)
         trainer.log_metrics(values)
@@ -295,6 +313,7 @@ class FitLoop:
         trainer = self.trainer
         cb = trainer.checkpoint_callback
         path = cb.save(trainer) if cb is not None else trainer.save_checkpoint()
+        trainer_state.finish_saves(trainer)  # (an async one: complete before the process stops)
         if path is None:  # this very step was saved already
             path = os.path.realpath(os.path.join(trainer.checkpoint_dir, "last"))
         raise Interrupted(

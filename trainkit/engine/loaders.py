@@ -45,29 +45,33 @@ def num_batches(loader: Iterable, limit: int | float) -> int | float:
     return max(1, int(size * limit)) if 0.0 < limit < 1.0 else int(size * limit)
 
 
-def take(loader: Iterable, limit: int | float) -> Iterable[tuple[int, Any]]:
-    """The first `limit` batches. A loader read in full is read to its end, as a plain `for`
-    loop would: samplers draw from their generator when they finish, and stopping one batch
-    early would shift every later epoch's shuffle."""
-    if limit == 0:
+def take(loader: Iterable, limit: int | float, start: int = 0, batches: Iterator | None = None
+         ) -> Iterable[tuple[int, Any]]:
+    """The first `limit` batches, numbered from `start` (a loader positioned mid-epoch yields
+    batch `start` first), read from `batches` when given (an iterator of `loader` made already).
+    A loader read in full is read to its end, as a plain `for` loop would: samplers draw from
+    their generator when they finish, and stopping one batch early would shift every later
+    epoch's shuffle."""
+    if limit == 0 or start >= limit:
         return
     stop_early = limit < length(loader)
-    for batch_idx, batch in enumerate(loader):
+    for batch_idx, batch in enumerate(loader if batches is None else batches, start):
         yield batch_idx, batch
         if stop_early and batch_idx + 1 >= limit:
             return
 
 
-def with_last(loader: Iterable, limit: int | float) -> Iterator[tuple[int, Any, bool]]:
+def with_last(loader: Iterable, limit: int | float, start: int = 0, batches: Iterator | None = None
+              ) -> Iterator[tuple[int, Any, bool]]:
     """`take`, each batch flagged True when it is the last of the epoch."""
-    batches = take(loader, limit)
+    taken = take(loader, limit, start, batches)
     if not math.isinf(limit):
-        for batch_idx, batch in batches:
+        for batch_idx, batch in taken:
             yield batch_idx, batch, batch_idx + 1 >= limit
         return
-    pending = next(batches, None)
+    pending = next(taken, None)
     while pending is not None:
-        following = next(batches, None)
+        following = next(taken, None)
         yield pending[0], pending[1], following is None
         pending = following
 

@@ -75,6 +75,7 @@ class Trainer:
         init_from: str | None = None,
         detect_anomaly: bool = False,
         hang_timeout_s: float | None = None,
+        async_checkpoint: bool = False,
         hparams: dict[str, Any] | None = None,
         fast_dev_run: bool | int = False,
         overfit_batches: int | float = 0.0,
@@ -148,6 +149,8 @@ class Trainer:
         # the fit naming it, its phase and its stack (trainkit.heartbeat); None: not watched.
         self.hang_timeout_s = hang_timeout_s
         self.heartbeat = Heartbeat()
+        self.async_checkpoint = async_checkpoint  # checkpoints written while training goes on (checkpoint.save_async)
+        self._pending_save: Any = None  # the async checkpoint being written (trainer_state.finish_saves)
         self._lightning_arguments(fast_dev_run, overfit_batches, num_sanity_val_steps, min_epochs, min_steps,
                                   reload_dataloaders_every_n_epochs)
         self.inference_mode = arguments.flag("inference_mode", inference_mode)
@@ -202,6 +205,7 @@ class Trainer:
         self._signals = StopSignals()
         self._resume_position: dict[str, Any] | None = None  # data position + RNG to restore
         self._epoch_rng: dict[str, Any] | None = None  # RNG state when this epoch's data began
+        self._data_position: Any = None  # the training loader's place in its epoch (data_position.py)
         self._data_seed = 0  # seeds the training order (the same on every rank)
 
     # -- read-only views (Lightning names) ---------------------------------------------------
@@ -319,7 +323,10 @@ class Trainer:
             self.finite_check = FiniteCheck(self)
             self._call("on_fit_start")
             with self._signals, torch.autograd.set_detect_anomaly(self.detect_anomaly):
-                loop.run()
+                try:
+                    loop.run()
+                finally:  # an async checkpoint still being written is published before fit returns
+                    trainer_state.finish_saves(self)
             self._call("on_fit_end")
 
         with self.heartbeat.watching(self, self.hang_timeout_s):

@@ -114,6 +114,7 @@ def save_checkpoint(trainer: Trainer, filepath: str | None = None, weights_only:
 
     trainer.heartbeat.mark("checkpoint")
     trainer.finite_check.check()  # never a checkpoint of weights that a non-finite loss produced
+    finish_saves(trainer)  # a second save waits for the first
     with contextlib.ExitStack() as stack:
         for cb in trainer.callbacks:
             if isinstance(cb, WeightAveraging):
@@ -130,14 +131,21 @@ def save_checkpoint(trainer: Trainer, filepath: str | None = None, weights_only:
         directory = os.path.dirname(os.path.abspath(name)) if os.sep in name else trainer.checkpoint_dir
         try:
             os.makedirs(directory, exist_ok=True)
+            if trainer.async_checkpoint:
+                trainer._pending_save = PendingSave(checkpoint.save_async(
+                    directory, os.path.basename(name), model=trainer.model, optimizers=trainer.optimizers,
+                    trainer_state=state_dict(trainer), rank_state=_rank_state(trainer),
+                    rank=trainer.strategy.global_rank, is_global_zero=trainer.is_global_zero,
+                    barrier=trainer.strategy.barrier,
+                    trainable_only=not trainer._module.checkpoint_frozen_parameters))
+                return trainer._pending_save.write.path
             return checkpoint.save(
                 directory,
                 os.path.basename(name),
                 model=trainer.model,
                 optimizers=trainer.optimizers,
                 trainer_state=state_dict(trainer),
-                rank_state={"rng": capture_rng(), "epoch_rng": trainer._epoch_rng,
-                            "spike_guard": trainer.spike_guard.state_dict() if trainer.spike_guard else None},
+                rank_state=_rank_state(trainer),
                 rank=trainer.strategy.global_rank,
                 is_global_zero=trainer.is_global_zero,
                 barrier=trainer.strategy.barrier,
@@ -163,6 +171,47 @@ def _fail_save(trainer: Trainer, exc: BaseException, directory: str, name: str) 
     if refused is not None:
         raise StorageError(f"saving the checkpoint of step {trainer.state.global_step} failed: {refused}; nothing "
                            f"of it was kept; {storage.intact(directory)}") from exc
+
+
+@dataclasses.dataclass
+class PendingSave:
+    """An async checkpoint being written, and what waits for it to be published."""
+
+    write: Any  # checkpoint.PendingSave
+    then: list = dataclasses.field(default_factory=list)
+
+
+def after_save(trainer: Trainer, action: Any) -> None:
+    """Run `action` once the checkpoint just saved is complete: now, or after an async write."""
+    if trainer._pending_save is None:
+        action()
+    else:
+        trainer._pending_save.then.append(action)
+
+
+def finish_saves(trainer: Trainer) -> None:
+    """Wait until the async checkpoint being written is published (`last` moved), then run what
+    waited for it. Raises what went wrong in the write."""
+    pending, trainer._pending_save = trainer._pending_save, None
+    if pending is None:
+        return
+    try:
+        pending.write.wait()
+    except BaseException as exc:
+        _fail_save(trainer, exc, os.path.dirname(pending.write.path), os.path.basename(pending.write.path))
+        raise
+    for action in pending.then:
+        action()
+
+
+def _rank_state(trainer: Trainer) -> dict[str, Any]:
+    """This rank's part of a checkpoint: its RNG streams, and a stateful loader's own state."""
+    state = {"rng": capture_rng(), "epoch_rng": trainer._epoch_rng,
+             "spike_guard": trainer.spike_guard.state_dict() if trainer.spike_guard else None}
+    loader = trainer._data_position.state_dict() if trainer._data_position is not None else None
+    if loader is not None:
+        state["loader"] = loader
+    return state
 
 
 def _save_single_file(trainer: Trainer, path: str) -> str:

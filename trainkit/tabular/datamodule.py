@@ -312,7 +312,8 @@ class TabularDataModule(DataModule):
         if split not in self._datasets:
             raise RuntimeError(f"the {split} split is not loaded: call setup() first")
         return DataLoader(self._datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, collate_fn=collate_rows)
+                          num_workers=self.num_workers, collate_fn=collate_rows,
+                          pin_memory=torch.cuda.is_available())  # on a GPU: non_blocking copies overlap the step
 
     def _folder(self) -> Path:
         folder = Path(self.path).expanduser()

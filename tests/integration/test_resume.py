@@ -20,9 +20,10 @@ def run_cli(*args: str):
 # ~23 batches an epoch; a checkpoint every 4 steps, so kills land mid-epoch between checkpoints.
 BASE = [*SMALL_DATA, "trainer.max_epochs=3", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=4"]
 CASES = {
-    # kill after an odd micro-batch: between the two halves of an accumulated step
+    # kill after micro-batch 11 of epoch 1 (23 + 11): between the two halves of an accumulated
+    # step, resuming from step 16 at batch 8 of the epoch (the first epoch's 23 make 12 steps)
     "fp32-accumulate-cosine-workers": (["trainer.accumulate_grad_batches=2", "scheduler=cosine",
-                                        "scheduler.warmup_steps=5", "datamodule.num_workers=2"], 31),
+                                        "scheduler.warmup_steps=5", "datamodule.num_workers=2"], 34),
     "bf16-mixed": (["precision=bf16-mixed"], 30),
     "16-mixed": (["precision=16-mixed"], 37),
 }

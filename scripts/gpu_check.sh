@@ -11,8 +11,11 @@
 #   3. checkpoint save / load time and the training step's stall, sync and async (the 162M GPT)
 #   4. the exact-resume tests (kill -9 mid-epoch, resume, compare bit for bit), on CUDA
 #   5. a mid-epoch resume at batch 10,000 of a 20,000-batch epoch (CPU-bound: data work only)
+#   6. tokens/s of the llm_finetune recipe (a random GPT-2-small-sized model, full and LoRA, bf16-mixed)
+#      against a hand-written loop over the same transformers model
 #
-# Each step has a time limit (so the whole stays under 8 minutes); a step that fails or runs out is
+# Each step has a time limit (caps, not estimates: the steps together are expected well under 8
+# minutes, the caps add up to about 10); a step that fails or runs out is
 # reported and the next one runs. The exit status is the number of steps that did not pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +33,7 @@ if [[ "${1:-}" == "--cpu" ]]; then
     CKPT=(--device cpu --skip-gpt --repeats 1)
     RESUME_TESTS="sigkill and bf16"
     RESUME=(--batches 400 --at 200)
+    LLM=(--device cpu --layers 2 --width 64 --block-size 64 --batch-size 4 --steps 4 --warmup 1 --rounds 1)
 else
     DEVICE=cuda
     THROUGHPUT=(--device cuda --shape 86m --steps 100 --warmup 15 --batch-size 16)
@@ -38,6 +42,7 @@ else
     CKPT=(--device cuda --skip-dkt --repeats 3)
     RESUME_TESTS="sigkill"
     RESUME=()
+    LLM=(--device cuda --precision bf16-mixed --layers 12 --width 768 --block-size 512 --steps 40 --warmup 5 --rounds 2)
 fi
 FAILED=0
 
@@ -100,6 +105,9 @@ step checkpoint 80 python scripts/bench_checkpoint.py "${CKPT[@]}"
 step exact_resume 110 python -m pytest -x -q tests/integration/test_resume.py -k "$RESUME_TESTS"
 
 step resume_bench 60 python scripts/bench_resume.py "${RESUME[@]}"
+
+# llm_finetune against a hand-written loop over the same transformers model: full fine-tuning, then LoRA
+step llm_finetune 90 bash -c 'python scripts/bench_llm_finetune.py "$@" --lora-r 0 && python scripts/bench_llm_finetune.py "$@"' _ "${LLM[@]}"
 
 echo
 echo "== done in ${SECONDS} s; steps not passed: $FAILED (outputs in $OUT)"

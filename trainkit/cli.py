@@ -58,7 +58,9 @@ RUN_ID = secrets.token_hex(3)  # one per process: two runs started in the same s
 EVALUATE = ("validate", "test", "predict")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, fork: bool = False) -> int:
+    """The command line. `fork` (the console command only, never a caller's process such as a test
+    or a notebook: a forked copy of those would run their code twice) composes in a forked child."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("HYDRA_FULL_ERROR"))
     dry_run = "--dry-run" in argv
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         return _fail(EXIT_BAD_INPUT, f"unknown command {command!r}; choose one of: {', '.join(COMMANDS)}, export, "
                      "resume (trainkit --help lists them)")
-    if forked_compose.wanted(overrides, dry_run):  # Hydra composes in a child while torch is imported here
+    if fork and forked_compose.wanted(overrides, dry_run):  # Hydra composes in a child while torch is imported here
         composer = forked_compose.fork_composer()
         if composer is not None:
             return _launch_handed_over(composer, debug)
@@ -427,7 +429,7 @@ def usage(project: Project | None = None) -> str:
 def entry_point() -> None:
     from trainkit.exits import distributed, leave
 
-    code = main()
+    code = main(fork=True)
     if distributed():  # a torchrun or srun worker: close its process group, leave as every worker does
         leave(code)
     sys.exit(code)

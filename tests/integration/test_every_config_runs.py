@@ -31,6 +31,9 @@ def _datamodule_of(group: str, option: str) -> tuple[list[str], str]:
         for entry in defaults:
             if isinstance(entry, DictConfig) and "override /datamodule" in entry:
                 return [], entry["override /datamodule"]
+        for entry in defaults:  # an experiment built on another one reads that one's datamodule
+            if isinstance(entry, str) and entry != "_self_":
+                return _datamodule_of(group, entry)
     return [], "kt_lines"
 
 

@@ -57,7 +57,18 @@ def short_trainer(trainer: Any, callbacks: list[Callback], max_steps: int) -> An
 def kept_state(trainer: Any, module: torch.nn.Module) -> Iterator[None]:
     from trainkit.engine.rng import capture_rng, restore_rng
 
-    weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    def current() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    weights = current()
+    if not weights:  # layers built in configure_model by the first short fit: keep the weights they start with
+        configure = module.configure_model
+
+        def configure_and_keep() -> None:
+            configure()
+            weights.update(current())
+
+        object.__setattr__(module, "configure_model", configure_and_keep)  # this instance only, until the end
     optimizer = copy.deepcopy(trainer.optimizer.state_dict()) if trainer.optimizer is not None else None
     precision = copy.deepcopy(trainer.precision.state_dict())
     rng = capture_rng()
@@ -65,6 +76,7 @@ def kept_state(trainer: Any, module: torch.nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        module.__dict__.pop("configure_model", None)
         module.load_state_dict(weights)
         if optimizer is not None:
             trainer.optimizer.load_state_dict(optimizer)

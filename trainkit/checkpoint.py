@@ -25,6 +25,7 @@ unpickler that admits only DCP's own record types), so a stranger's checkpoint c
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -37,16 +38,10 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 import torch
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+
+# torch.distributed.checkpoint (DCP) is imported where a checkpoint is written or read, never at
+# import: a run finds out whether it resumes (this module) before its first step, and DCP's
+# import (about 50 ms, with torch's elastic agent) is no part of that.
 
 from trainkit.errors import UserError
 
@@ -73,6 +68,8 @@ def save(
     this; rank zero publishes. Returns the checkpoint's path."""
     tmp = _begin(directory, name, is_global_zero, barrier)
     with _quiet_single_process():
+        import torch.distributed.checkpoint as dcp
+
         dcp.save(_model_optim_state(model, optimizers, trainable_only), checkpoint_id=os.path.join(tmp, "state"),
                  no_dist=not _distributed())
     _save_small_files(tmp, trainer_state, rank_state, len(optimizers), rank, is_global_zero, trainable_only)
@@ -136,6 +133,8 @@ def save_async(
     # (DCP's writer thread warns too, outside any catch_warnings of this thread)
     warnings.filterwarnings("ignore", message=_NO_DIST_WARNING)
     with _quiet_single_process():
+        import torch.distributed.checkpoint as dcp
+
         write = dcp.async_save(_model_optim_state(model, optimizers, trainable_only), checkpoint_id=os.path.join(tmp, "state"),
                                no_dist=not _distributed(), process_group=_writer_group())
     write = getattr(write, "upload_completion", write)  # (an AsyncSaveResponse with a stager of one's own)
@@ -219,6 +218,8 @@ def _trainable_only(path: str) -> bool:
 
 def _model_optim_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                        trainable_only: bool = False) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
     if trainable_only:
         model_state = _trainable_state(model)
     elif not optimizers:
@@ -336,7 +337,7 @@ def unloadable(path: str) -> str | None:
     state = os.path.join(path, "state")
     metadata_file = os.path.join(state, ".metadata")
     try:
-        metadata = _SafeReader(state).read_metadata()
+        metadata = _safe_reader(state).read_metadata()
     except Exception as exc:  # noqa: BLE001 - whatever the unpickler refused or could not parse
         return f"{metadata_file} cannot be read ({_first_line(exc)})"
     ends: dict[str, int] = {}
@@ -404,6 +405,8 @@ def load(
     path: str, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], rank: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Load model and optimizers in place; return (trainer state, this rank's state or None)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
     trainer_state = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=True)
     saved = trainer_state.get("optimizers", 1)  # written since several optimizers exist; before, always 1
     if saved != len(optimizers):
@@ -443,6 +446,8 @@ def load_model_weights(path: str, model: torch.nn.Module) -> None:
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     state = get_model_state_dict(model, options=StateDictOptions(ignore_frozen_params=True))
     for name, param in model.named_parameters(remove_duplicate=False):  # also a tied alias of a frozen weight
         if not param.requires_grad:
@@ -453,13 +458,17 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, Any]:
 def _set_trainable_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
     # The template asked DCP for exactly the trainable parameters and buffers, so every key is
     # there; the frozen parameters, absent by design, keep what the module's __init__ loaded.
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     set_model_state_dict(model, state, options=StateDictOptions(ignore_frozen_params=True, strict=False))
 
 
 def read_model_weights(path: str) -> dict[str, torch.Tensor]:
     """The model's whole `state_dict` from a checkpoint folder (on the CPU), without building the
     model and whatever the number of processes that saved it."""
-    metadata = _SafeReader(os.path.join(path, "state")).read_metadata()
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = _safe_reader(os.path.join(path, "state")).read_metadata()
     # DCP stores {"model": {"lstm.weight": ...}} under flat keys "model.lstm.weight"; a template
     # of the same nesting, made from the metadata, loads it.
     weights = {
@@ -546,11 +555,12 @@ def read_checkpoint(path: str, map_location: Any = None) -> dict[str, Any]:
 
 
 def _dcp_load(state: dict[str, Any], path: str) -> None:
+    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
     try:
         with _quiet_single_process():
-            dcp.load(state, storage_reader=_SafeReader(os.path.join(path, "state")), no_dist=not _distributed())
+            dcp.load(state, storage_reader=_safe_reader(os.path.join(path, "state")), no_dist=not _distributed())
     except (Exception, CheckpointException) as exc:
         raise UserError(f"checkpoint {path} does not fit this model/optimizer: {str(exc).splitlines()[0]}") from exc
 
@@ -578,11 +588,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which is not allowed")
 
 
-class _SafeReader(FileSystemReader):
-    def read_metadata(self, *args: Any, **kwargs: Any):
-        with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
-            metadata = _RestrictedUnpickler(f).load()
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
+def _safe_reader(path: str) -> Any:
+    """DCP's FileSystemReader of `path`, reading the metadata through `_RestrictedUnpickler`."""
+    return _safe_reader_class()(path)
+
+
+@functools.cache
+def _safe_reader_class() -> type:
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+                metadata = _RestrictedUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from trainkit.config import check_targets
+from trainkit.targets import check_targets
 from trainkit.launch.env import from_environ
 from trainkit.project import make_importable
 
@@ -44,10 +44,11 @@ def exactness_settings(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def run_worker(config_path: str) -> dict[str, float]:
+def run_worker(config_path: str, cfg: DictConfig | None = None) -> dict[str, float]:
+    """`cfg`: that file as the caller read it already (in place: the CLI), so it is not read twice."""
     from trainkit.log_setup import setup_logging
 
-    cfg = OmegaConf.load(config_path)
+    cfg = OmegaConf.load(config_path) if cfg is None else cfg
     run_dir = cfg.run_dir
     env = from_environ()
     setup_logging(run_dir if env.rank == 0 else None, is_global_zero=env.rank == 0)

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf, open_dict
 
 from tests.recipe_data import NEEDS_PRETRAINED, RECIPE_PAIRS, tiny_hf_model
 from trainkit.cli import CONFIG_DIR, RUN_ID
-from trainkit.config import check_targets, check_values, register_configs, target_nodes
+from trainkit.config import check_values, register_configs
+from trainkit.targets import check_targets, target_nodes
 
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]

@@ -37,7 +37,7 @@ class InProcess:
     def launch(self, config_path: str, cfg: DictConfig) -> Outcome:
         from trainkit.run import run_worker
 
-        return Outcome(run_worker(config_path))
+        return Outcome(run_worker(config_path, cfg))
 
 
 class LocalElastic:

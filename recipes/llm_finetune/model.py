@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import warnings
 from typing import Any
 
@@ -37,6 +36,7 @@ from .pretrained import from_pretrained, load_tokenizer, peft, transformers
 from trainkit.engine.module import TrainModule
 from trainkit.errors import ConfigError
 from trainkit.lm_metrics import IGNORE, SplitTotals
+from trainkit.lm_sampling import next_token
 
 log = logging.getLogger("trainkit")
 
@@ -147,17 +147,8 @@ class HFCausalLM(TrainModule):
         step_input = tokens
         for _ in range(max_new_tokens):
             out = self(step_input, cache=cache)
-            logits = out.logits[:, -1, :].float()
-            if temperature == 0:
-                next_token = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None and top_k < logits.shape[-1]:
-                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, -math.inf)
-                next_token = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            tokens = torch.cat([tokens, next_token], dim=1)
-            step_input = next_token
+            step_input = next_token(out.logits[:, -1, :], temperature, top_k)
+            tokens = torch.cat([tokens, step_input], dim=1)
         return tokens
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .tokenizer import VOCAB_SIZE, decode
 from trainkit.engine.module import TrainModule
 from trainkit.errors import ConfigError
 from trainkit.lm_metrics import IGNORE, SplitTotals
+from trainkit.lm_sampling import next_token
 
 log = logging.getLogger("trainkit")
 
@@ -183,16 +184,8 @@ class TinyGPT(TrainModule):
         """tokens [B, T] followed by max_new_tokens sampled ones, [B, T + max_new_tokens]. The
         context is the last block_size tokens; temperature 0 takes the most likely token."""
         for _ in range(max_new_tokens):
-            logits = self(tokens[:, -self.block_size :])[:, -1, :].float()
-            if temperature == 0:
-                next_token = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None and top_k < logits.shape[-1]:
-                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, -math.inf)
-                next_token = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            tokens = torch.cat([tokens, next_token], dim=1)
+            chosen = next_token(self(tokens[:, -self.block_size :])[:, -1, :], temperature, top_k)
+            tokens = torch.cat([tokens, chosen], dim=1)
         return tokens
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:

@@ -262,3 +262,14 @@ def test_ngram_baselines_on_a_text_that_alternates_two_bytes():
     held_out = [np.frombuffer(b"abababab", dtype=np.uint8)]
     assert ngram_perplexity([text], held_out, 1) == pytest.approx(2.0, rel=0.03)  # two equally likely bytes
     assert ngram_perplexity([text], held_out, 2) < 1.06  # the next byte is known from the last
+
+
+def test_next_token_is_greedy_at_temperature_zero_and_sampled_within_top_k():
+    from trainkit.lm_sampling import next_token
+
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, -1.0]]).repeat(400, 1)
+    assert next_token(logits, 0, None).flatten().tolist() == [1] * 400
+    torch.manual_seed(0)
+    drawn = next_token(logits, 1.0, 2).flatten()
+    assert set(drawn.tolist()) == {1, 3}  # only the two most likely tokens, both drawn
+    assert (drawn == 1).float().mean() > 0.6  # e^3 : e^2, about 0.73

@@ -15,11 +15,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from trainkit.engine.batch_transfer import BatchTransferHooks
 from trainkit.engine.hparams import HyperparametersMixin, load_datamodule
 from trainkit.errors import ConfigError, UserError
 
 
-class DataModule(HyperparametersMixin):
+class DataModule(BatchTransferHooks, HyperparametersMixin):
     # Set by the Trainer while it runs this DataModule (a class attribute: subclasses need not
     # call super().__init__()).
     trainer: Any = None
@@ -37,18 +38,6 @@ class DataModule(HyperparametersMixin):
 
     def teardown(self, stage: str) -> None:
         """Release what `setup` built."""
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return batch
-
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        """Move the tensors of `batch` to `device` (override for batches of your own types)."""
-        from trainkit.engine.tensors import apply_to_tensors
-
-        return apply_to_tensors(batch, lambda t: t.to(device, non_blocking=True))
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return batch
 
     def train_dataloader(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} has no train_dataloader()")

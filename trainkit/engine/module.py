@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
+from trainkit.engine.batch_transfer import BatchTransferHooks
 from trainkit.engine.hparams import HyperparametersMixin, load_module
 
 if TYPE_CHECKING:
     from trainkit.engine.trainer import Trainer
 
 
-class TrainModule(HyperparametersMixin, nn.Module):
+class TrainModule(BatchTransferHooks, HyperparametersMixin, nn.Module):
     def __init__(self) -> None:
         super().__init__()
         # Plain attribute, not a submodule: the Trainer is not part of the model's state.
@@ -123,18 +124,6 @@ class TrainModule(HyperparametersMixin, nn.Module):
     def on_predict_epoch_end(self) -> None: ...
     def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
     def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return batch
-
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        """Move the tensors of `batch` to `device` (override for batches of your own types)."""
-        from trainkit.engine.tensors import apply_to_tensors
-
-        return apply_to_tensors(batch, lambda t: t.to(device, non_blocking=True))
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return batch
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add plain values (numbers, strings, lists, dicts, tensors) to `checkpoint`: they are

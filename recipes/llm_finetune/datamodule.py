@@ -129,8 +129,10 @@ class LMDataModule(DataModule):
 
     def train_dataloader(self) -> DataLoader:
         # drop_last: every step sees batch_size full blocks (one shape, the same tokens per process)
+        # pin_memory: on a GPU, page-locked batches whose copy (non_blocking) overlaps the step
         return DataLoader(self._dataset("train"), batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, collate_fn=collate_windows)
+                          num_workers=self.num_workers, collate_fn=collate_windows,
+                          pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader | None:
         return None if self.val_fraction == 0 else self._eval_loader("val")
@@ -145,7 +147,8 @@ class LMDataModule(DataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(self._dataset(split), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=collate_windows)
+                          num_workers=self.num_workers, collate_fn=collate_windows,
+                          pin_memory=torch.cuda.is_available())
 
     def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:

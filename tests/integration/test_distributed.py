@@ -195,6 +195,27 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(tmp_path):
             assert abs(la[step] - lb[step]) <= 1e-4 * abs(la[step]), (first, step, la[step], lb[step])
 
 
+def test_async_checkpoints_of_two_processes_are_whole_and_resume_exactly(tmp_path):
+    from trainkit import checkpoint
+
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    two = [*BASE, "trainer.devices=2", "datamodule.batch_size=16", "trainer.checkpoint_every_n_steps=3"]
+    assert run_cli("fit", *two, f"hydra.run.dir={reference}").returncode == 0
+    # Each rank writes its shards in DCP's writer thread while training goes on; rank 0 publishes.
+    result = run_cli("fit", *two, "trainer.async_checkpoint=true", "trainer.max_steps=7", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr
+    ckpts = run / "checkpoints"
+    saved = [p for p in ckpts.iterdir() if p.is_dir() and not p.is_symlink()]
+    assert saved and not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
+    for path in saved:
+        assert checkpoint.verify(str(path)) is None, path
+        assert {"rank0.pt", "rank1.pt"} <= {f.name for f in path.iterdir()}
+    assert "step=7" in (ckpts / "last").resolve().name
+    result = run_cli("fit", *two, "trainer.async_checkpoint=true", f"hydra.run.dir={run}")
+    assert result.returncode == 0 and "resumed from" in (run / "trainkit.log").read_text(), result.stderr
+    assert losses(reference) == losses(run)
+
+
 def test_fsdp_refuses_evaluation_shards_of_unequal_length_instead_of_hanging(tmp_path):
     from tests.recipe_data import tiny_corpus
 

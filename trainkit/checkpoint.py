@@ -39,11 +39,11 @@ from typing import Any, Callable
 
 import torch
 
+from trainkit.errors import UserError
+
 # torch.distributed.checkpoint (DCP) is imported where a checkpoint is written or read, never at
 # import: a run finds out whether it resumes (this module) before its first step, and DCP's
 # import (about 50 ms, with torch's elastic agent) is no part of that.
-
-from trainkit.errors import UserError
 
 MANIFEST = "MANIFEST.json"
 LAST = "last"

@@ -59,7 +59,8 @@ def run_composed(command: str, cfg: DictConfig, dry_run: bool = False, trials: l
             _config_of_rank_zero(env, run_dir, config_path)
         if forked_compose.hand_over(config_path, launcher, lock):  # the parent launches it, holding the lock
             return Outcome()
-        return launcher.launch(config_path, cfg)
+        # The file's content, not Hydra's object: what every worker (and every other rank) runs.
+        return launcher.launch(config_path, OmegaConf.load(config_path))
     finally:
         lock.release()  # (a SLURM job or the parent of a forked composition that took it over keeps it)
 

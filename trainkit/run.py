@@ -45,7 +45,8 @@ def exactness_settings(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_worker(config_path: str, cfg: DictConfig | None = None) -> dict[str, float]:
-    """`cfg`: that file as the caller read it already (in place: the CLI), so it is not read twice."""
+    """`cfg`: that file's content when the caller has read it already (a launcher), so that it is
+    not read twice."""
     from trainkit.log_setup import setup_logging
 
     cfg = OmegaConf.load(config_path) if cfg is None else cfg

@@ -34,7 +34,7 @@ class Launcher(Protocol):
         ...
 
     def launch(self, config_path: str, cfg: DictConfig) -> Outcome:
-        """Run `config_path` (the resolved config.yaml of `cfg`) to its end."""
+        """Run `config_path` to its end; `cfg` is that file's content, read once by the caller."""
         ...
 
 

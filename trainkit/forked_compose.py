@@ -11,7 +11,9 @@ the same time. The CLI calls `fork_composer()` before anything heavy is imported
           its exit code is the command's.
   parent  imports torch in a thread meanwhile, then launches the config it was handed: the
           process the user started is the one that trains (its pid, its terminal, the signals sent
-          to it). Compose-once holds: the parent never runs Hydra.
+          to it). Compose-once holds: the parent never runs Hydra. When the run takes several
+          processes, the parent starts the workers' fork server (trainkit.launch.forkserver) the
+          moment the child hands over: it imports torch and the engine on the core the child freed.
 
 The fork happens only where it is safe and pays (`wanted`): os.fork exists, torch is not imported
 yet (no threads to fork), every argument is an override (no Hydra flag such as -m or --cfg), and no
@@ -19,6 +21,7 @@ outside launcher (torchrun, srun) started this process.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -61,7 +64,6 @@ def hand_over(config_path: str, launcher: object, lock) -> bool:
     """In the child: give `config_path` to the parent to launch, with the run folder's `lock`
     (trainkit.run_lock), when the launcher starts the run from this machine and this is a single
     run (a sweep's trials stay in the child). True if given."""
-    global _to_parent
     if _to_parent is None:
         return False
     from hydra.core.hydra_config import HydraConfig
@@ -72,7 +74,11 @@ def hand_over(config_path: str, launcher: object, lock) -> bool:
     if HydraConfig.get().mode != RunMode.RUN or not isinstance(launcher, (InProcess, LocalElastic)):
         return False
     lock.hand_to(os.getppid())
-    os.write(_to_parent, config_path.encode())
+    os.write(_to_parent, json.dumps({
+        "config": config_path,
+        "elastic": isinstance(launcher, LocalElastic),  # the parent starts the workers' fork server at once
+        "env_set": dict(HydraConfig.get().job.env_set),  # Hydra set these here, for the job: the parent runs it
+    }).encode())
     keep_here()
     return True
 
@@ -103,6 +109,12 @@ class Composer:
             while chunk := os.read(self.read_end, 4096):
                 data += chunk
             os.close(self.read_end)
+            handed = json.loads(data) if data else {}
+            os.environ.update({str(key): str(value) for key, value in handed.get("env_set", {}).items()})
+            if handed.get("elastic"):
+                from trainkit.launch import forkserver
+
+                forkserver.start()
             if data:
                 self.imports.join()  # before the launch imports anything itself
             _, status = os.waitpid(self.pid, 0)
@@ -110,7 +122,7 @@ class Composer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         code = os.waitstatus_to_exitcode(status)
-        return (data.decode() or None), (128 - code if code < 0 else code)
+        return handed.get("config"), (128 - code if code < 0 else code)
 
     def _forward(self, signum: int, frame: object) -> None:
         try:

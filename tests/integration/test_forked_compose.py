@@ -42,6 +42,36 @@ def test_the_command_trains_in_its_own_process_holding_the_lock_a_forked_child_c
     assert not (run / "trainkit.lock").exists()  # released by the process that held it
 
 
+class RecordWorker(Callback):
+    """At the start of training, in each rank: its pid, its parent's, and one variable of its environment."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_start(self, trainer, module) -> None:
+        Path(f"{self.out}.{trainer.global_rank}").write_text(json.dumps(
+            {"pid": os.getpid(), "ppid": os.getppid(), "probe": os.environ.get("TK_PROBE")}))
+
+
+def test_two_workers_fork_from_one_server_and_run_in_the_jobs_environment(tmp_path):
+    """`hydra.job.env_set` is set where Hydra ran the job (the composing child); the command that
+    launches it and the workers forked from its fork server (trainkit.launch.forkserver) get it too."""
+    run, out = tmp_path / "run", tmp_path / "worker"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainkit", "fit", *SMALL_DATA, "trainer.devices=2", "trainer.max_steps=1",
+         "trainer.limit_val_batches=1", "+hydra.job.env_set.TK_PROBE=from_env_set",
+         "+callbacks.rec._target_=tests.integration.test_forked_compose.RecordWorker", f"+callbacks.rec.out={out}",
+         f"hydra.run.dir={run}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    seen = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
+    assert [w["probe"] for w in seen] == ["from_env_set", "from_env_set"]
+    server = {w["ppid"] for w in seen}
+    assert len(server) == 1 and proc.pid not in server  # both forked by one process, the command's server
+    assert all(w["pid"] != proc.pid for w in seen)
+
+
 def test_composes_in_place_for_hydra_flags_dry_runs_and_outside_launchers(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch")  # as in a fresh `trainkit` process
     for var in ("RANK", "WORLD_SIZE", "SLURM_STEP_ID", "SLURM_PROCID"):

@@ -6,7 +6,9 @@
 (torchrun's own machinery): the same environment contract as torchrun (RANK, LOCAL_RANK,
 WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RESTART_COUNT), restarts of the whole group
 after a failure (each restart resumes from `checkpoints/last`), and no hang: when one worker dies
-the agent stops the others. Each worker runs `python -m trainkit.launch.worker <run_dir>/config.yaml`.
+the agent stops the others. Each worker is forked from the launcher's fork server, which imported
+torch and the engine once (trainkit.launch.forkserver), and runs
+`trainkit.launch.worker.forked(<run_dir>/config.yaml)`.
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from trainkit import run_lock
 from trainkit.errors import ConfigError, Interrupted, UserError
 from trainkit.exits import WorkerFailed
-from trainkit.launch import Outcome
+from trainkit.launch import Outcome, forkserver, worker
 
 log = logging.getLogger("trainkit")
 
@@ -76,19 +77,37 @@ def launch(config_path: str, nproc: int, max_restarts: int) -> None:
         rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone`
         max_restarts=max_restarts,
         monitor_interval=0.2,
-        start_method="spawn",
+        start_method="forkserver",  # each worker forked with torch and the engine imported
     )
     log.info("starting %d worker processes (max_restarts=%d)", nproc, max_restarts)
     run_dir = os.path.dirname(config_path)
     stop = _Stop()
+    forkserver.start()
     try:
-        with _restart_notes(run_dir, max_restarts, stop), _stop_signals(stop):
-            elastic_launch(config, sys.executable)("-m", "trainkit.launch.worker", config_path)
+        with _restart_notes(run_dir, max_restarts, stop), _stop_signals(stop), _one_line_failures():
+            elastic_launch(config, worker.forked)(config_path, dict(os.environ))
     except ChildFailedError as exc:
         stopped = _stopped_by_signal(exc.failures, run_dir)
         raise stopped or _describe(*_first_failure(exc.failures)) from None
     except SignalException as exc:  # the agent itself got the signal and forwarded it to the workers
         raise _stop_report(int(exc.sigval), run_dir, stop) from None
+
+
+@contextlib.contextmanager
+def _one_line_failures():
+    """torch's multiprocessing context logs a worker's failure with the agent's own traceback; the
+    failure is reported here, in one line (and the worker's traceback is in the run's log)."""
+    torch_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
+
+    def without_traceback(record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+    torch_log.addFilter(without_traceback)
+    try:
+        yield
+    finally:
+        torch_log.removeFilter(without_traceback)
 
 
 @dataclass
@@ -175,6 +194,8 @@ def _restart_notes(run_dir: str, max_restarts: int, stop: _Stop):
 
     def noting(agent, group):
         result = monitor(agent, group)
+        if result.is_failed():
+            _add_other_failures(agent, group, result.failures)
         pids = [worker.id for worker in group.workers if worker.id is not None]
         if pids != stop.pids and run_lock.held(run_dir):  # the run folder stays locked while its workers live
             run_lock.held(run_dir).add_processes(pids)
@@ -196,6 +217,24 @@ def _restart_notes(run_dir: str, max_restarts: int, stop: _Stop):
         yield
     finally:
         LocalElasticAgent._monitor_workers = monitor
+
+
+def _add_other_failures(agent, group, failures: dict) -> None:
+    """Workers forked by the agent (a MultiprocessContext) come back with the first failure its
+    join saw, not the first that happened: when one rank is killed and the others then fail on the
+    collective it broke, any of them may be seen first. Every worker has ended by then (the join
+    stopped the rest), so add each one's failure, with its error file, and `_first_failure`
+    chooses from all of them, as it does for workers started as subprocesses."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    context = getattr(agent._pcontext, "_pc", None)  # torch.multiprocessing's ProcessContext
+    if context is None:
+        return
+    for each in group.workers:
+        process = context.processes[each.local_rank]
+        if each.global_rank not in failures and process.exitcode not in (0, None):
+            failures[each.global_rank] = ProcessFailure(each.local_rank, process.pid, process.exitcode,
+                                                        agent._pcontext.error_files[each.local_rank])
 
 
 def _failed_at(failure) -> float:

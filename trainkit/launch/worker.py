@@ -1,8 +1,9 @@
-"""One worker process: `python -m trainkit.launch.worker <run_dir>/config.yaml`.
+"""One local worker process: `forked(<run_dir>/config.yaml, environ)`, in a process torch's elastic
+agent forked from the local launcher's fork server (trainkit.launch.forkserver).
 
-Started by `trainkit.launch.local` (or any launcher that sets torchrun's environment). It runs the
-config file, never argv or Hydra (trainkit.run), reports a failure in one line (and to the elastic
-agent's error file, so the parent can name the rank), and leaves through `trainkit.exits.leave`.
+It runs the config file, never argv or Hydra (trainkit.run), reports a failure in one line (and to
+the elastic agent's error file, so the parent can name the rank), and leaves through
+`trainkit.exits.leave`, or, when the run finished, by returning to the agent.
 """
 from __future__ import annotations
 
@@ -34,6 +35,28 @@ def main(config_path: str) -> int:
         return exit_code(exc)[0]
 
 
+def forked(config_path: str, environ: dict[str, str]) -> int:
+    """The entry point of a worker forked by torch's elastic agent, `environ` the launching
+    process's environment (trainkit.launch.forkserver). A failure leaves at once with
+    its exit code (the agent reads it and the error file); a finished run closes its process group
+    and returns 0 to the agent, which collects it, and multiprocessing then ends the process with
+    `os._exit` (no interpreter shutdown under gloo: trainkit.exits.leave)."""
+    from trainkit.exits import close_process_group, leave
+    from trainkit.launch.forkserver import adopt_environment
+
+    adopt_environment(environ)
+    code = main(config_path)
+    if code:
+        leave(code)
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    close_process_group()
+    return 0
+
+
 def _record(exc: BaseException) -> None:
     """The elastic agent's error file (the format its ErrorHandler writes), plus the precise time:
     when one rank fails and the others fail in turn on the collective it broke, the parent
@@ -51,8 +74,3 @@ def _record(exc: BaseException) -> None:
         json.dump(data, f)
     os.replace(path + ".tmp", path)  # the agent may read it at any moment: never half-written
 
-
-if __name__ == "__main__":
-    from trainkit.exits import leave
-
-    leave(main(sys.argv[1]))

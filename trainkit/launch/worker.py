@@ -41,19 +41,14 @@ def forked(config_path: str, environ: dict[str, str]) -> int:
     its exit code (the agent reads it and the error file); a finished run closes its process group
     and returns 0 to the agent, which collects it, and multiprocessing then ends the process with
     `os._exit` (no interpreter shutdown under gloo: trainkit.exits.leave)."""
-    from trainkit.exits import close_process_group, leave
+    from trainkit.exits import close_down, leave
     from trainkit.launch.forkserver import adopt_environment
 
     adopt_environment(environ)
     code = main(config_path)
     if code:
         leave(code)
-    import logging
-
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    close_process_group()
+    close_down()
     return 0
 
 
@@ -73,4 +68,3 @@ def _record(exc: BaseException) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(data, f)
     os.replace(path + ".tmp", path)  # the agent may read it at any moment: never half-written
-

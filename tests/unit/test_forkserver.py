@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from trainkit.launch.forkserver import PRELOAD
 
 # Runs in a fresh interpreter: every CUDA entry point that creates or queries a CUDA context
@@ -72,3 +74,15 @@ def test_a_forked_worker_starts_with_the_engine_imported_and_the_launchers_envir
         env = found["env"]
         assert env["RANK"] == str(rank) and env["TK_LATER"] == "the agent's" and "TK_GONE" not in env
         assert env["TK_AFTER"] == "set after"
+
+
+def test_without_fork_the_workers_are_spawned(monkeypatch):
+    """Windows has no fork: the workers start as fresh interpreters (and import everything themselves)."""
+    import multiprocessing
+    from multiprocessing import forkserver as mp_forkserver
+
+    from trainkit.launch import forkserver
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(mp_forkserver, "ensure_running", lambda: pytest.fail("no fork server without fork"))
+    assert forkserver.start() == "spawn"

@@ -33,14 +33,19 @@ PRELOAD = [
 ]
 
 
-def start() -> None:
+def start() -> str:
     """Start the fork server, if it is not running, with `PRELOAD` and this process's sys.path
-    and environment (the project's root and TRAINKIT_PROJECT included)."""
+    and environment (the project's root and TRAINKIT_PROJECT included). Returns the start method
+    for the workers: "forkserver", or "spawn" where the platform has no fork (Windows)."""
     import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"  # each worker imports everything itself
     from multiprocessing import forkserver
 
     multiprocessing.set_forkserver_preload(PRELOAD)
     forkserver.ensure_running()
+    return "forkserver"
 
 
 # Imported by the server's preload: the environment every worker is forked with, and the process

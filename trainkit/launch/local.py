@@ -77,12 +77,11 @@ def launch(config_path: str, nproc: int, max_restarts: int) -> None:
         rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone`
         max_restarts=max_restarts,
         monitor_interval=0.2,
-        start_method="forkserver",  # each worker forked with torch and the engine imported
+        start_method=forkserver.start(),  # each worker forked with torch and the engine imported
     )
     log.info("starting %d worker processes (max_restarts=%d)", nproc, max_restarts)
     run_dir = os.path.dirname(config_path)
     stop = _Stop()
-    forkserver.start()
     try:
         with _restart_notes(run_dir, max_restarts, stop), _stop_signals(stop), _one_line_failures():
             elastic_launch(config, worker.forked)(config_path, dict(os.environ))

@@ -21,6 +21,7 @@ outside launcher (torchrun, srun) started this process.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -114,7 +115,10 @@ class Composer:
             if handed.get("elastic"):
                 from trainkit.launch import forkserver
 
-                forkserver.start()
+                # Early only to save time: where it cannot start (no room for its socket), the
+                # launcher's own start() fails again and reports it as any launch failure.
+                with contextlib.suppress(OSError):
+                    forkserver.start()
             if data:
                 self.imports.join()  # before the launch imports anything itself
             _, status = os.waitpid(self.pid, 0)

@@ -68,6 +68,7 @@ def launch(config_path: str, nproc: int, max_restarts: int) -> None:
 
     if (os.cpu_count() or 1) < nproc:
         log.warning("trainer.devices=%d processes on %d CPU cores: they will share cores", nproc, os.cpu_count())
+    start_method = forkserver.start()  # each worker forked with torch and the engine imported
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -77,7 +78,7 @@ def launch(config_path: str, nproc: int, max_restarts: int) -> None:
         rdzv_endpoint="localhost:0",  # a free port, as `torchrun --standalone`
         max_restarts=max_restarts,
         monitor_interval=0.2,
-        start_method=forkserver.start(),  # each worker forked with torch and the engine imported
+        start_method=start_method,
     )
     log.info("starting %d worker processes (max_restarts=%d)", nproc, max_restarts)
     run_dir = os.path.dirname(config_path)

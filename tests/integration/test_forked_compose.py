@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import ROOT, SMALL_DATA
+from tests.recipe_data import TINY_DATA
 from trainkit import Callback
 from trainkit.forked_compose import wanted
 
@@ -73,7 +77,7 @@ def test_two_workers_fork_from_one_server_and_run_in_the_jobs_environment(tmp_pa
 
 
 def test_composes_in_place_for_hydra_flags_dry_runs_and_outside_launchers(monkeypatch):
-    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh `trainkit` process
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # as in a fresh `trainkit` process
     for var in ("RANK", "WORLD_SIZE", "SLURM_STEP_ID", "SLURM_PROCID"):
         monkeypatch.delenv(var, raising=False)
     assert wanted(["model.hidden_size=8", "~logger"], dry_run=False)
@@ -83,3 +87,23 @@ def test_composes_in_place_for_hydra_flags_dry_runs_and_outside_launchers(monkey
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun worker: every rank composes in place
     assert not wanted([], dry_run=False)
+
+
+def test_a_signal_to_the_command_is_passed_on_to_the_child_that_runs_the_whole_command(tmp_path):
+    """A cross-validation runs every fold in the composing child: SIGTERM sent to the command the
+    user started reaches it, the fold stops with a checkpoint, and the command exits 128 + 15."""
+    data = TINY_DATA["uci_dropout"](tmp_path / "data")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainkit", "fit", "experiment=dropout_uci", *data, "datamodule.folds=3",
+         "trainer.max_epochs=50", "+callbacks.pace._target_=tests.integration.chaos.Pace", f"hydra.run.dir={run}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pace, deadline = run / "fold0" / "pace.step", time.monotonic() + 120
+    while not (pace.exists() and int(pace.read_text() or 0) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert re.search(r"stopped by SIGTERM at step \d+; checkpoint saved: ", stderr), stderr
+    assert not (run / "fold1").exists()

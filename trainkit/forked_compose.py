@@ -159,9 +159,11 @@ def leave(code: int) -> None:
 
 def _import_torch() -> None:
     """What every launch from this machine imports first (the rest depends on the launcher: the
-    engine in place, torch's elastic agent for several processes). An error here shows again
-    where the launch imports torch itself."""
+    engine in place, torch's elastic agent for several processes), frozen (trainkit.frozen_imports).
+    An error here shows again where the launch imports torch itself."""
+    from trainkit.frozen_imports import import_frozen
+
     try:
-        import torch  # noqa: F401
+        import_frozen(["torch"])
     except BaseException:  # noqa: BLE001
         pass

@@ -2,6 +2,7 @@
 trains (trainkit.forked_compose)."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -18,8 +19,9 @@ from trainkit.forked_compose import wanted
 
 
 class RecordProcess(Callback):
-    """At the start of training: this process's pid, the owner of the run folder's lock, and
-    whether this process composed the config (trainkit.compose is imported only where it does)."""
+    """At the start of training: this process's pid, the owner of the run folder's lock, whether
+    this process composed the config (trainkit.compose is imported only where it does), and whether
+    torch's objects were frozen out of the garbage collector's walk (trainkit.frozen_imports)."""
 
     def __init__(self, out: str) -> None:
         self.out = out
@@ -28,7 +30,8 @@ class RecordProcess(Callback):
         with open(os.path.join(trainer.default_root_dir, "trainkit.lock")) as f:
             lock = json.load(f)
         Path(self.out).write_text(json.dumps({"pid": os.getpid(), "lock_pid": lock["pid"],
-                                              "composed_here": "trainkit.compose" in sys.modules}))
+                                              "composed_here": "trainkit.compose" in sys.modules,
+                                              "frozen": gc.get_freeze_count() > 100_000, "collecting": gc.isenabled()}))
 
 
 def test_the_command_trains_in_its_own_process_holding_the_lock_a_forked_child_composed_for(tmp_path):
@@ -41,7 +44,7 @@ def test_the_command_trains_in_its_own_process_holding_the_lock_a_forked_child_c
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     seen = json.loads(out.read_text())
-    assert seen == {"pid": proc.pid, "lock_pid": proc.pid, "composed_here": False}
+    assert seen == {"pid": proc.pid, "lock_pid": proc.pid, "composed_here": False, "frozen": True, "collecting": True}
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "config.yaml").is_file()
     assert not (run / "trainkit.lock").exists()  # released by the process that held it
 

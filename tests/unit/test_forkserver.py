@@ -33,7 +33,8 @@ CHECK = textwrap.dedent("""
 
 
 def test_what_the_fork_server_preloads_touches_no_cuda_and_starts_no_thread():
-    result = subprocess.run([sys.executable, "-c", CHECK, *PRELOAD], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", CHECK, "trainkit.launch.server_preload"], capture_output=True,
+                            text=True, timeout=120)  # the server's preload: every module of PRELOAD
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
@@ -43,7 +44,7 @@ def test_a_forked_worker_starts_with_the_engine_imported_and_the_launchers_envir
     process's at launch (changed after the server started) with the agent's variables over it."""
     script = tmp_path / "probe.py"
     script.write_text(textwrap.dedent("""
-        import json, os, sys
+        import gc, json, os, sys
         from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, start_processes
         from trainkit.launch import forkserver
 
@@ -51,7 +52,8 @@ def test_a_forked_worker_starts_with_the_engine_imported_and_the_launchers_envir
             found = sorted(sys.modules)  # as forked from the server, before this function imported anything
             forkserver.adopt_environment(environ)
             with open(out, "w") as f:
-                json.dump({"modules": found, "env": dict(os.environ)}, f)
+                json.dump({"modules": found, "env": dict(os.environ), "frozen": gc.get_freeze_count(),
+                           "collecting": gc.isenabled()}, f)
 
         if __name__ == "__main__":
             os.environ["TK_GONE"] = "at the server's start"
@@ -71,6 +73,7 @@ def test_a_forked_worker_starts_with_the_engine_imported_and_the_launchers_envir
     for rank in (0, 1):
         found = json.loads((tmp_path / f"found.{rank}").read_text())
         assert set(PRELOAD) <= set(found["modules"]), set(PRELOAD) - set(found["modules"])
+        assert found["frozen"] > 100_000 and found["collecting"]  # the server froze what it imported
         env = found["env"]
         assert env["RANK"] == str(rank) and env["TK_LATER"] == "the agent's" and "TK_GONE" not in env
         assert env["TK_AFTER"] == "set after"

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 
-# What every local worker imports before its first step. A module missing here is still imported,
-# in each worker after the fork.
+# What every local worker imports before its first step (the server imports them through
+# server_preload.py). A module missing here is still imported, in each worker after the fork.
 PRELOAD = [
     "torch",
     "torch._dynamo",  # imported by DDP's constructor and the first optimizer step: about 0.9 s
@@ -43,7 +43,7 @@ def start() -> str:
         return "spawn"  # each worker imports everything itself
     from multiprocessing import forkserver
 
-    multiprocessing.set_forkserver_preload(PRELOAD)
+    multiprocessing.set_forkserver_preload(["trainkit.launch.server_preload"])  # PRELOAD, frozen
     forkserver.ensure_running()
     return "forkserver"
 

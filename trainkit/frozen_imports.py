@@ -4,10 +4,10 @@
 objects that live as long as the process (171,000 that the collector tracks after `import torch`):
 modules, classes, functions. While they are created, the collector walks every one of them again
 each time their number grows by a quarter: 0.6 to 0.8 s of a 3.3 s `import torch, torch._dynamo`
-on this project's 2-core machine, for little to collect. Importing
-them with the collector paused and then freezing them (`gc.freeze`: later collections skip them)
-costs none of that, and a process forked afterwards (a fork server's workers, a DataLoader's) does
-not write to those objects' pages when it collects, so they stay shared.
+on this project's 2-core machine, for little to collect. Importing them with the collector paused
+and then freezing them (`gc.freeze`: later collections skip them) costs none of that, and a process
+forked afterwards (a fork server's workers, a DataLoader's) does not write to those objects' pages
+when it collects, so they stay shared.
 
 The little cyclic garbage those imports leave is frozen with them rather than collected: after
 `import torch`, 7,036 objects of about 640 KiB (tuples, cells, functions), where a full collection
